@@ -1,0 +1,24 @@
+// Matrix products over oneDNN.
+#pragma once
+
+#include "qkv/tensor.h"
+
+namespace qkv {
+
+struct MatmulOptions {
+  bool transpose_a = false;  // use a^T (its last two dims swapped)
+  bool transpose_b = false;
+};
+
+// a: [..., M, K] (or [..., K, M] with transpose_a), b: [..., K, N] (or [..., N, K]).
+// Batch dimensions broadcast as in torch.matmul; 1-D operands are not promoted
+// (use unsqueeze). Both f32, or both bf16 (AMX / AVX512-BF16 where present);
+// the result is f32 and contiguous: [broadcast(batch), M, N]. Arbitrary strides
+// are taken as they are where oneDNN can read them, else copied once.
+// Primitives are cached by shape, strides and dtype.
+Tensor matmul(const Tensor& a, const Tensor& b, const MatmulOptions& options = {});
+
+// Number of distinct matmul primitives created so far (cache misses).
+int64_t matmul_primitive_count();
+
+}  // namespace qkv

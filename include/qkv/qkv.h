@@ -1,0 +1,11 @@
+// The whole public API of qkv.
+#pragma once
+
+#include "qkv/dtype.h"
+#include "qkv/error.h"
+#include "qkv/matmul.h"
+#include "qkv/ops.h"
+#include "qkv/safetensors.h"
+#include "qkv/tensor.h"
+#include "qkv/threads.h"
+#include "qkv/version.h"
