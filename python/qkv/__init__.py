@@ -1,0 +1,106 @@
+"""qkv: an engine for self-attention and Transformer models.
+
+The C++ library does the work; this package is its Python front door. Tensors
+share memory with NumPy and PyTorch both ways (no copies):
+
+    t = qkv.from_numpy(arr)       # or qkv.tensor(arr), or any DLPack producer
+    a = t.numpy()                 # np.asarray(t), memoryview(t) work too
+    x = torch.from_dlpack(t)      # bf16 included
+
+Errors raised by the library are ``qkv.QkvError`` (a ``ValueError``).
+"""
+
+from __future__ import annotations
+
+import numpy as _np
+
+from . import _qkv
+from ._qkv import (  # noqa: F401
+    QkvError,
+    Tensor,
+    __version__,
+    add,
+    arange,
+    empty,
+    exp,
+    from_dlpack,
+    from_numpy,
+    full,
+    gelu,
+    layer_norm,
+    log_softmax,
+    matmul,
+    matmul_primitive_count,
+    max,
+    mean,
+    mul,
+    num_threads,
+    ones,
+    rand,
+    randn,
+    rms_norm,
+    scale,
+    set_num_threads,
+    silu,
+    softmax,
+    sum,
+    zeros,
+)
+from . import safetensors  # noqa: F401,E402
+
+DTYPES = ("f32", "bf16", "f16", "i32", "i64", "bool")
+
+_NUMPY_DTYPES = {
+    "float32": "f32",
+    "float16": "f16",
+    "int32": "i32",
+    "int64": "i64",
+    "bool": "bool",
+}
+
+
+def tensor(data, dtype: str | None = None) -> Tensor:
+    """A qkv Tensor from a Tensor, an array-like or nested lists.
+
+    Arrays whose dtype qkv has (float32, float16, int32, int64, bool; bfloat16
+    through DLPack) are wrapped without a copy, as ``from_numpy`` does. Other
+    inputs are converted with NumPy first (float64 -> f32, other ints -> i64), which
+    copies. ``dtype`` converts afterwards (a copy unless it is already that dtype).
+    """
+    if isinstance(data, Tensor):
+        t = data
+    elif hasattr(data, "__dlpack__") and not isinstance(data, _np.ndarray):
+        t = from_numpy(data)
+    else:
+        arr = _np.asarray(data)
+        if arr.dtype.name not in _NUMPY_DTYPES:
+            if arr.dtype.kind == "f":
+                arr = arr.astype(_np.float32)
+            elif arr.dtype.kind in "iu":
+                arr = arr.astype(_np.int64)
+            else:
+                raise QkvError(f"qkv.tensor: cannot make a tensor of NumPy dtype {arr.dtype}")
+        t = from_numpy(arr)
+    return t if dtype is None else t.to(dtype)
+
+
+def _binary(op):
+    def apply(self, other):
+        if isinstance(other, (int, float)) and op is mul:
+            return scale(self, float(other))
+        if isinstance(other, (int, float)) and op is add:
+            return add(self, full([], float(other), self.dtype))
+        return op(self, other)
+
+    return apply
+
+
+# Operators on Tensor, through the ops (no special cases in C++).
+Tensor.__add__ = _binary(add)
+Tensor.__radd__ = _binary(add)
+Tensor.__mul__ = _binary(mul)
+Tensor.__rmul__ = _binary(mul)
+Tensor.__matmul__ = lambda self, other: matmul(self, other)
+Tensor.T = property(lambda self: self.transpose(-2, -1))
+
+__all__ = [name for name in dir() if not name.startswith("_")]
