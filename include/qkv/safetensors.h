@@ -6,6 +6,11 @@
 // size (overflow-checked) equal to the byte range, ranges contiguous, in order
 // and covering the data buffer exactly. Any violation throws qkv::Error naming
 // the rule and the values.
+//
+// Files are written as the reference Python package writes them, byte for byte:
+// tensors ordered by descending dtype alignment (I64, F32, I32, BF16, F16,
+// BOOL for qkv's dtypes), then by name; the header padded with spaces to a
+// multiple of 8 bytes, so every tensor is naturally aligned in the file.
 #pragma once
 
 #include <cstdint>
@@ -42,7 +47,10 @@ class File {
   bool contains(const std::string& name) const;
   const TensorInfo& info(const std::string& name) const;
   // A zero-copy view into the mapping (kept alive by the tensor). Throws when the
-  // file's dtype is one qkv has no tensor type for (e.g. F64).
+  // file's dtype is one qkv has no tensor type for (e.g. F64). Writing to the
+  // view changes this process's copy-on-write pages only, never the file. Data
+  // that is not aligned to its element size (possible only in hand-made files)
+  // is copied instead, since kernels assume natural alignment.
   Tensor get(const std::string& name) const;
 
  private:
@@ -51,14 +59,17 @@ class File {
   std::vector<TensorInfo> tensors_;
   std::map<std::string, size_t> index_;
   std::map<std::string, std::string> metadata_;
-  static File parse(std::shared_ptr<Storage> buffer);
+  std::string path_;  // for error messages; empty for from_bytes
+  static File parse(std::shared_ptr<Storage> buffer, const std::string& path);
 };
 
 // Every tensor of a file, by name.
 std::map<std::string, Tensor> load(const std::string& path);
 
 // Writes atomically: a temporary file beside `path`, fsync, rename, fsync of the
-// directory. Tensors are written in name order; any strides are accepted.
+// directory. Tensors are written in the order above; any strides are accepted.
+// Metadata keys are written in name order (the Python package's order for two
+// or more keys varies from run to run).
 void save(const std::string& path, const std::map<std::string, Tensor>& tensors,
           const std::map<std::string, std::string>& metadata = {});
 // The exact bytes save() would write.
