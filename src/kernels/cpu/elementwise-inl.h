@@ -1,0 +1,167 @@
+// Per-target code of the element-wise and row kernels (see elementwise.h for
+// what each computes). Compiled once per Highway target via foreach_target.h
+// from elementwise.cc; never include it elsewhere.
+//
+// Runs are walked in whole vectors; the last n % Lanes floats go through a
+// stack buffer (LoadTail / StoreTail), because a full-width load there could
+// read past the end of the caller's buffer and a masked load is emulated by a
+// full load on SSE targets.
+
+// Per-target include guard (the Highway idiom: toggles once per target).
+#if defined(QKV_KERNELS_CPU_ELEMENTWISE_INL_H_) == defined(HWY_TARGET_TOGGLE)
+#ifdef QKV_KERNELS_CPU_ELEMENTWISE_INL_H_
+#undef QKV_KERNELS_CPU_ELEMENTWISE_INL_H_
+#else
+#define QKV_KERNELS_CPU_ELEMENTWISE_INL_H_
+#endif
+
+#include <cmath>
+#include <cstddef>
+#include <limits>
+
+#include "hwy/contrib/math/math-inl.h"
+#include "hwy/highway.h"
+
+HWY_BEFORE_NAMESPACE();
+namespace qkv::kernels::HWY_NAMESPACE {
+namespace hn = hwy::HWY_NAMESPACE;
+
+using DF = hn::ScalableTag<float>;
+using VF = hn::Vec<DF>;
+
+inline constexpr float kInf = std::numeric_limits<float>::infinity();
+inline constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
+
+// ---- tails -------------------------------------------------------------------
+
+// The `count` (< Lanes) floats at p, padded with `fill`.
+HWY_INLINE VF LoadTail(DF d, const float* HWY_RESTRICT p, size_t count, float fill) {
+  HWY_ALIGN float buf[hn::MaxLanes(DF())];
+  for (size_t i = 0; i < hn::Lanes(d); ++i) buf[i] = i < count ? p[i] : fill;
+  return hn::Load(d, buf);
+}
+
+HWY_INLINE void StoreTail(DF d, VF v, float* HWY_RESTRICT p, size_t count) {
+  HWY_ALIGN float buf[hn::MaxLanes(DF())];
+  hn::Store(v, d, buf);
+  for (size_t i = 0; i < count; ++i) p[i] = buf[i];
+}
+
+// out[i] = f(x[i]) over a run; f is a functor taking (DF, VF).
+template <class F>
+HWY_INLINE void MapUnary(const float* x, float* out, size_t n, const F& f) {
+  const DF d;
+  const size_t lanes = hn::Lanes(d);
+  size_t i = 0;
+  for (; i + lanes <= n; i += lanes) hn::StoreU(f(d, hn::LoadU(d, x + i)), d, out + i);
+  if (i < n) StoreTail(d, f(d, LoadTail(d, x + i, n - i, 0.0f)), out + i, n - i);
+}
+
+template <class F>
+HWY_INLINE void MapBinary(const float* a, const float* b, float* out, size_t n, const F& f) {
+  const DF d;
+  const size_t lanes = hn::Lanes(d);
+  size_t i = 0;
+  for (; i + lanes <= n; i += lanes)
+    hn::StoreU(f(d, hn::LoadU(d, a + i), hn::LoadU(d, b + i)), d, out + i);
+  if (i < n)
+    StoreTail(d, f(d, LoadTail(d, a + i, n - i, 0.0f), LoadTail(d, b + i, n - i, 0.0f)), out + i,
+              n - i);
+}
+
+// ---- math --------------------------------------------------------------------
+
+// hn::Exp converts x / ln 2 to int32 and is only specified on [-FLT_MAX, 104]:
+// clamp to [-105, 89] (exp is 0 resp. +inf in f32 beyond) so the conversion
+// never overflows, then restore NaN, which the clamp and hn::Exp lose.
+HWY_INLINE VF ExpF(DF d, VF x) {
+  const VF clamped = hn::Min(hn::Max(x, hn::Set(d, -105.0f)), hn::Set(d, 89.0f));
+  return hn::IfThenElse(hn::IsNaN(x), x, hn::Exp(d, clamped));
+}
+
+// erfc(z) for z = |x| / sqrt 2, as t exp(-z^2 + P(t)), t = 1 / (1 + z/2):
+// the Chebyshev fit of Numerical Recipes (2nd ed., sec. 6.2, erfcc), whose
+// relative error is below 1.2e-7 for every z >= 0, so both tails of Phi keep
+// their relative accuracy. z^2 = x^2 / 2 is formed from x directly; its
+// rounding (relative eps) becomes a relative error of about eps * z^2 in the
+// result, which only matters where erfc is already below 1e-6.
+HWY_INLINE VF ErfcOfAbsXOverSqrt2(DF d, VF x) {
+  const VF ax = hn::Abs(x);
+  const VF z = hn::Mul(ax, hn::Set(d, 0.70710678118654752f));
+  const VF t = hn::Div(hn::Set(d, 1.0f), hn::MulAdd(z, hn::Set(d, 0.5f), hn::Set(d, 1.0f)));
+  VF p = hn::Set(d, 0.17087277f);
+  p = hn::MulAdd(p, t, hn::Set(d, -0.82215223f));
+  p = hn::MulAdd(p, t, hn::Set(d, 1.48851587f));
+  p = hn::MulAdd(p, t, hn::Set(d, -1.13520398f));
+  p = hn::MulAdd(p, t, hn::Set(d, 0.27886807f));
+  p = hn::MulAdd(p, t, hn::Set(d, -0.18628806f));
+  p = hn::MulAdd(p, t, hn::Set(d, 0.09678418f));
+  p = hn::MulAdd(p, t, hn::Set(d, 0.37409196f));
+  p = hn::MulAdd(p, t, hn::Set(d, 1.00002368f));
+  p = hn::MulAdd(p, t, hn::Set(d, -1.26551223f));
+  const VF arg = hn::NegMulAdd(hn::Mul(ax, hn::Set(d, 0.5f)), ax, p);  // p - x^2/2
+  return hn::Mul(t, ExpF(d, arg));
+}
+
+struct GeluErfOp {
+  HWY_INLINE VF operator()(DF d, VF x) const {
+    // Phi(x) = erfc(-x / sqrt 2) / 2: erfc(|x|/sqrt 2)/2 for x < 0, one minus it above.
+    const VF half_erfc = hn::Mul(ErfcOfAbsXOverSqrt2(d, x), hn::Set(d, 0.5f));
+    const VF phi = hn::IfThenElse(hn::Lt(x, hn::Zero(d)), half_erfc,
+                                  hn::Sub(hn::Set(d, 1.0f), half_erfc));
+    return hn::Mul(x, phi);
+  }
+};
+
+struct GeluTanhOp {
+  HWY_INLINE VF operator()(DF d, VF x) const {
+    // 0.5 (1 + tanh y) = 1 / (1 + exp(-2y)); -2y = -2 sqrt(2/pi) x (1 + 0.044715 x^2).
+    const VF x2 = hn::Mul(x, x);
+    const VF inner = hn::MulAdd(x2, hn::Set(d, 0.044715f), hn::Set(d, 1.0f));
+    const VF minus_2y = hn::Mul(hn::Mul(x, hn::Set(d, -1.5957691216057308f)), inner);
+    return hn::Div(x, hn::Add(hn::Set(d, 1.0f), ExpF(d, minus_2y)));
+  }
+};
+
+struct SiluOp {
+  HWY_INLINE VF operator()(DF d, VF x) const {
+    return hn::Div(x, hn::Add(hn::Set(d, 1.0f), ExpF(d, hn::Neg(x))));
+  }
+};
+
+// ---- element-wise --------------------------------------------------------------
+
+HWY_NOINLINE void AddImpl(const float* a, const float* b, float* out, size_t n) {
+  MapBinary(a, b, out, n, [](DF, VF u, VF v) HWY_ATTR { return hn::Add(u, v); });
+}
+
+HWY_NOINLINE void MulImpl(const float* a, const float* b, float* out, size_t n) {
+  MapBinary(a, b, out, n, [](DF, VF u, VF v) HWY_ATTR { return hn::Mul(u, v); });
+}
+
+HWY_NOINLINE void AddScalarImpl(const float* x, float addend, float* out, size_t n) {
+  MapUnary(x, out, n, [addend](DF d, VF v) HWY_ATTR { return hn::Add(v, hn::Set(d, addend)); });
+}
+
+HWY_NOINLINE void ScaleImpl(const float* x, float factor, float* out, size_t n) {
+  MapUnary(x, out, n, [factor](DF d, VF v) HWY_ATTR { return hn::Mul(v, hn::Set(d, factor)); });
+}
+
+HWY_NOINLINE void ExpImpl(const float* x, float* out, size_t n) {
+  MapUnary(x, out, n, [](DF d, VF v) HWY_ATTR { return ExpF(d, v); });
+}
+
+HWY_NOINLINE void SiluImpl(const float* x, float* out, size_t n) { MapUnary(x, out, n, SiluOp()); }
+
+HWY_NOINLINE void GeluErfImpl(const float* x, float* out, size_t n) {
+  MapUnary(x, out, n, GeluErfOp());
+}
+
+HWY_NOINLINE void GeluTanhImpl(const float* x, float* out, size_t n) {
+  MapUnary(x, out, n, GeluTanhOp());
+}
+
+}  // namespace qkv::kernels::HWY_NAMESPACE
+HWY_AFTER_NAMESPACE();
+
+#endif  // per-target include guard
