@@ -6,8 +6,9 @@
         for name in f.keys():
             t = f.get_tensor(name)
 
-Tensors returned by the reader view the file's read-only mapping: copy them
-(``t.clone()``) before writing into them.
+Tensors returned by the reader are zero-copy views of the file's private
+(copy-on-write) mapping: writing into one changes this process's copy only,
+never the file.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
 // qkv._qkv.safetensors: the mmap reader and the atomic writer of qkv/safetensors.h.
 #include <nanobind/stl/map.h>
+#include <nanobind/stl/optional.h>
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/vector.h>
 
@@ -18,11 +19,6 @@ namespace {
 namespace st = qkv::safetensors;
 using Release = nb::call_guard<nb::gil_scoped_release>;
 using Metadata = std::map<std::string, std::string>;
-
-Metadata metadata_or_empty(const nb::handle& metadata) {
-  if (metadata.is_none()) return {};
-  return nb::cast<Metadata>(metadata);
-}
 
 nb::dict info_dict(const st::TensorInfo& info) {
   nb::dict out;
@@ -71,21 +67,19 @@ void bind_io(nb::module_& m) {
   io.def(
       "save",
       [](const std::string& path, const std::map<std::string, Tensor>& tensors,
-         nb::handle metadata) {
-        const Metadata meta = metadata_or_empty(metadata);
+         const std::optional<Metadata>& metadata) {
         nb::gil_scoped_release release;
-        st::save(path, tensors, meta);
+        st::save(path, tensors, metadata.value_or(Metadata{}));
       },
       nb::arg("path"), nb::arg("tensors"), nb::arg("metadata") = nb::none(),
       "Writes atomically (temporary file, fsync, rename); tensors in name order.");
   io.def(
       "serialize",
-      [](const std::map<std::string, Tensor>& tensors, nb::handle metadata) {
-        const Metadata meta = metadata_or_empty(metadata);
+      [](const std::map<std::string, Tensor>& tensors, const std::optional<Metadata>& metadata) {
         std::vector<uint8_t> bytes;
         {
           nb::gil_scoped_release release;
-          bytes = st::serialize(tensors, meta);
+          bytes = st::serialize(tensors, metadata.value_or(Metadata{}));
         }
         return nb::bytes(reinterpret_cast<const char*>(bytes.data()), bytes.size());
       },
