@@ -18,6 +18,12 @@ struct MatmulOptions {
 // Primitives are cached by shape, strides and dtype.
 Tensor matmul(const Tensor& a, const Tensor& b, const MatmulOptions& options = {});
 
+// The same product written into `out`, which must be f32, contiguous, of the
+// result's shape and not share storage with a or b. For loops that reuse one
+// buffer: a fresh result costs page faults (about 5 ms per 64 MiB here).
+void matmul_into(const Tensor& a, const Tensor& b, const Tensor& out,
+                 const MatmulOptions& options = {});
+
 // Number of distinct matmul primitives created so far (cache misses).
 int64_t matmul_primitive_count();
 

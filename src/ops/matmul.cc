@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstring>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -260,42 +261,54 @@ void check_operand(const Tensor& t, const char* name) {
             " has dtype ", dtype_name(t.dtype()), "; supported are f32 and bf16");
 }
 
-}  // namespace
+// The operands as the product reads them, and the result's shape.
+struct Product {
+  Tensor a, b;  // [..., M, K] and [..., K, N] views, transposes applied
+  Shape batch;
+  Shape out_shape;
+  int64_t K = 0;
+};
 
-Tensor matmul(const Tensor& a_in, const Tensor& b_in, const MatmulOptions& options) {
+Product validate(const Tensor& a_in, const Tensor& b_in, const MatmulOptions& options) {
   check_operand(a_in, "a");
   check_operand(b_in, "b");
   QKV_CHECK(a_in.dtype() == b_in.dtype(), "matmul: a has dtype ", dtype_name(a_in.dtype()),
             " but b has dtype ", dtype_name(b_in.dtype()), "; both must be f32 or both bf16");
-  Tensor a = options.transpose_a ? a_in.transpose(-2, -1) : a_in;
-  Tensor b = options.transpose_b ? b_in.transpose(-2, -1) : b_in;
-  const int64_t M = a.size(-2), K = a.size(-1), N = b.size(-1);
-  QKV_CHECK(b.size(-2) == K, "matmul: inner dims differ: a ", shape_string(a_in.shape()),
-            options.transpose_a ? " (transposed)" : "", " gives K = ", K, ", b ",
-            shape_string(b_in.shape()), options.transpose_b ? " (transposed)" : "", " gives K = ",
-            b.size(-2));
-  const Shape a_batch(a.shape().begin(), a.shape().end() - 2);
-  const Shape b_batch(b.shape().begin(), b.shape().end() - 2);
-  Shape batch;
+  Product p;
+  p.a = options.transpose_a ? a_in.transpose(-2, -1) : a_in;
+  p.b = options.transpose_b ? b_in.transpose(-2, -1) : b_in;
+  const int64_t M = p.a.size(-2), N = p.b.size(-1);
+  p.K = p.a.size(-1);
+  QKV_CHECK(p.b.size(-2) == p.K, "matmul: inner dims differ: a ", shape_string(a_in.shape()),
+            options.transpose_a ? " (transposed)" : "", " gives K = ", p.K, ", b ",
+            shape_string(b_in.shape()), options.transpose_b ? " (transposed)" : "",
+            " gives K = ", p.b.size(-2));
+  const Shape a_batch(p.a.shape().begin(), p.a.shape().end() - 2);
+  const Shape b_batch(p.b.shape().begin(), p.b.shape().end() - 2);
   try {
-    batch = broadcast_shapes(a_batch, b_batch, "matmul");
+    p.batch = broadcast_shapes(a_batch, b_batch, "matmul");
   } catch (const Error&) {
     throw Error(detail::str("matmul: batch dims of a ", shape_string(a_batch), " and b ",
                             shape_string(b_batch), " are not broadcastable (a ",
                             shape_string(a_in.shape()), ", b ", shape_string(b_in.shape()), ")"));
   }
-  Shape out_shape = batch;
-  out_shape.insert(out_shape.end(), {M, N});
-  if (shape_numel(out_shape) == 0) return Tensor::empty(out_shape);
-  // oneDNN rejects K = 0; the empty sum is 0.
-  if (K == 0) return Tensor::zeros(out_shape);
+  p.out_shape = p.batch;
+  p.out_shape.insert(p.out_shape.end(), {M, N});
+  return p;
+}
 
-  a = unexpand_batch(std::move(a));
-  b = unexpand_batch(std::move(b));
-  const std::shared_ptr<Plan> plan = find_plan(a, b, batch);
+void run(Product p, const Tensor& out) {
+  if (out.numel() == 0) return;
+  // oneDNN rejects K = 0; the empty sum is 0.
+  if (p.K == 0) {
+    std::memset(out.raw_data(), 0, out.nbytes());
+    return;
+  }
+  const Tensor a = unexpand_batch(std::move(p.a));
+  const Tensor b = unexpand_batch(std::move(p.b));
+  const std::shared_ptr<Plan> plan = find_plan(a, b, p.batch);
   const Tensor a_run = plan->copy_a ? a.contiguous() : a;
   const Tensor b_run = plan->copy_b ? b.contiguous() : b;
-  Tensor out = Tensor::empty(out_shape);
 
   const auto& engine = detail::onednn::cpu_engine();
   dnnl::memory a_mem(plan->a_desc, engine, a_run.raw_data());
@@ -308,10 +321,35 @@ Tensor matmul(const Tensor& a_in, const Tensor& b_in, const MatmulOptions& optio
         stream, {{DNNL_ARG_SRC, a_mem}, {DNNL_ARG_WEIGHTS, b_mem}, {DNNL_ARG_DST, c_mem}});
     stream.wait();
   } catch (const dnnl::error& e) {
-    throw Error(detail::str("matmul: oneDNN failed on a ", shape_string(a_in.shape()), " x b ",
-                            shape_string(b_in.shape()), ": ", e.what()));
+    throw Error(detail::str("matmul: oneDNN failed on a ", shape_string(a.shape()), " x b ",
+                            shape_string(b.shape()), ": ", e.what()));
   }
+}
+
+}  // namespace
+
+Tensor matmul(const Tensor& a, const Tensor& b, const MatmulOptions& options) {
+  Product p = validate(a, b, options);
+  Tensor out = Tensor::empty(p.out_shape);
+  run(std::move(p), out);
   return out;
+}
+
+void matmul_into(const Tensor& a, const Tensor& b, const Tensor& out,
+                 const MatmulOptions& options) {
+  Product p = validate(a, b, options);
+  QKV_CHECK(out.defined(), "matmul_into: argument out is undefined");
+  QKV_CHECK(out.dtype() == DType::f32 && out.is_contiguous() && out.shape() == p.out_shape,
+            "matmul_into: out must be a contiguous f32 ", shape_string(p.out_shape),
+            ", got a ", out.is_contiguous() ? "contiguous " : "non-contiguous ",
+            dtype_name(out.dtype()), " ", shape_string(out.shape()));
+  QKV_CHECK(out.device().type == DeviceType::cpu, "matmul_into: out is on ",
+            to_string(out.device()), "; only cpu is supported");
+  for (const Tensor* t : {&a, &b})
+    QKV_CHECK(out.numel() == 0 || t->storage() != out.storage(),
+              "matmul_into: out shares storage with ", t == &a ? "a" : "b",
+              "; the product cannot be written over its inputs");
+  run(std::move(p), out);
 }
 
 int64_t matmul_primitive_count() { return plan_cache().created.load(); }

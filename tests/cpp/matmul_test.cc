@@ -67,6 +67,8 @@ void expect_matches(const Tensor& got, const Tensor& a_view, const Tensor& b_vie
   }
 }
 
+void expect_error(const std::function<void()>& fn, const std::vector<std::string>& parts);
+
 Tensor random(const Shape& shape, DType dtype, uint64_t seed) {
   Generator gen(seed);
   return randn(shape, gen).to(dtype);
@@ -210,6 +212,40 @@ TEST(Matmul, PrimitiveCacheReusesShapes) {
   EXPECT_EQ(matmul_primitive_count(), count + 3);
   matmul(a.slice(0, 0, 12), b);
   EXPECT_EQ(matmul_primitive_count(), count + 3);
+}
+
+TEST(Matmul, IntoReusesTheBuffer) {
+  const Tensor a = random({2, 9, 33}, DType::f32, 61);
+  const Tensor b = random({33, 7}, DType::f32, 62);
+  const Tensor out = Tensor::full({2, 9, 7}, std::nan(""));
+  const void* data = out.raw_data();
+  matmul_into(a, b, out);
+  EXPECT_EQ(out.raw_data(), data);
+  expect_matches(out, a, b, DType::f32);
+  EXPECT_EQ(out.to_values(), matmul(a, b).to_values());
+  // bf16 operands, a transposed one, and K = 0 (which must overwrite).
+  const Tensor bt = random({7, 33}, DType::bf16, 63);
+  matmul_into(a.to(DType::bf16), bt, out, {.transpose_b = true});
+  expect_matches(out, a.to(DType::bf16), bt.transpose(0, 1), DType::bf16);
+  matmul_into(Tensor::zeros({2, 9, 0}), Tensor::zeros({0, 7}), out);
+  for (double v : out.to_values()) EXPECT_EQ(v, 0.0);
+}
+
+TEST(Matmul, IntoValidatesOut) {
+  const Tensor a = Tensor::zeros({4, 3});
+  const Tensor b = Tensor::zeros({3, 5});
+  expect_error([&] { matmul_into(a, b, Tensor::zeros({5, 4})); },
+               {"matmul_into", "f32 [4, 5]", "[5, 4]"});
+  expect_error([&] { matmul_into(a, b, Tensor::zeros({4, 5}, DType::bf16)); },
+               {"matmul_into", "[4, 5]", "bf16"});
+  expect_error([&] { matmul_into(a, b, Tensor::zeros({5, 4}).transpose(0, 1)); },
+               {"matmul_into", "non-contiguous f32 [4, 5]"});
+  expect_error([&] { matmul_into(a, b, Tensor()); }, {"matmul_into", "out", "undefined"});
+  const Tensor square = Tensor::zeros({4, 4});
+  expect_error([&] { matmul_into(square, square, square); },
+               {"matmul_into", "shares storage with a"});
+  // The operands are validated as in matmul.
+  expect_error([&] { matmul_into(a, a, Tensor::zeros({4, 3})); }, {"matmul", "K = 3", "K = 4"});
 }
 
 // EXPECT_THROW plus a check that the message names the values.
