@@ -165,6 +165,25 @@ TEST_P(MatmulByDType, BroadcastBatches) {
   expect_matches(matmul(bhld, w), bhld, w, dtype);
 }
 
+TEST_P(MatmulByDType, ExpandedRowsAndFoldedBatches) {
+  const DType dtype = GetParam();
+  // Stride 0 inside the matrix (a row repeated M times): oneDNN cannot take
+  // it, so the operand is copied; the values must not change.
+  const Tensor row = random({1, 33}, dtype, 51);
+  const Tensor a = row.expand({7, 33});
+  const Tensor b = random({33, 9}, dtype, 52);
+  expect_matches(matmul(a, b), a, b, dtype);
+  const Tensor col = random({33, 1}, dtype, 53).expand({33, 9});
+  expect_matches(matmul(random({7, 33}, dtype, 54), col), random({7, 33}, dtype, 54), col, dtype);
+  // [B, T, K] rows with a leading dimension, times a shared weight: one GEMM
+  // of B * T rows.
+  const Tensor x = random({3, 5, 40}, dtype, 55).slice(2, 0, 33);
+  expect_matches(matmul(x, b), x, b, dtype);
+  // A size-1 batch on both sides, and a single row.
+  const Tensor one = random({1, 1, 33}, dtype, 56);
+  expect_matches(matmul(one, b.unsqueeze(0)), one, b.unsqueeze(0), dtype);
+}
+
 TEST_P(MatmulByDType, EmptyDims) {
   const DType dtype = GetParam();
   const Tensor z_m = matmul(random({0, 5}, dtype, 1), random({5, 3}, dtype, 2));
@@ -279,6 +298,11 @@ TEST(Matmul, ValidationErrorsNameTheValues) {
                {"matmul", "argument a", "f16", "supported are f32 and bf16"});
   expect_error([&] { matmul(Tensor::zeros({2, 3}), Tensor::zeros({3, 2}, DType::i32)); },
                {"matmul", "argument b", "i32"});
+  // Batch dims that alternate between broadcast and not cannot be merged:
+  // past oneDNN's 12 dims the error says so.
+  const Tensor alt_a = Tensor::zeros({2, 1, 2, 1, 2, 1, 2, 1, 2, 1, 2, 2, 3});
+  const Tensor alt_b = Tensor::zeros({1, 2, 1, 2, 1, 2, 1, 2, 1, 2, 1, 3, 2});
+  expect_error([&] { matmul(alt_a, alt_b); }, {"matmul", "13 dims", "at most 12"});
   expect_error([&] { matmul(Tensor(), b); }, {"matmul", "argument a", "undefined"});
   expect_error([&] { matmul(a, Tensor()); }, {"matmul", "argument b", "undefined"});
 }
