@@ -57,6 +57,8 @@ def machine() -> dict:
         "isa": isa,
         "platform": platform.platform(),
         "python": platform.python_version(),
+        # Other work on a shared machine skews multi-threaded times most: record it.
+        "loadavg_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
     }
 
 
@@ -138,6 +140,7 @@ class Bench:
         self.warmup = warmup
         self.command = command or " ".join([pathlib.Path(sys.executable).name] + sys.argv)
         self.rows: list[Row] = []
+        self.machine_before = machine()
 
     def compare(self, op: str, config: dict, qkv_fn: Callable[[], object], peer_fn: Callable[[], object], *,
                 peer: str, threads: int, flops: float | None = None, bytes_moved: float | None = None,
@@ -160,7 +163,8 @@ class Bench:
             "benchmark": self.name,
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "command": self.command,
-            "machine": machine(),
+            "machine": self.machine_before,
+            "loadavg_1m_after": machine()["loadavg_1m"],
             "versions": versions(),
             "method": {"reps": self.reps, "warmup": self.warmup, "statistic": "median",
                        "order": "alternating, order swapped every round", "ratio": "peer_s / qkv_s"},
@@ -168,7 +172,7 @@ class Bench:
         }
 
     def to_markdown(self) -> str:
-        m = machine()
+        m = self.machine_before
         v = versions()
         lines = [
             f"# {self.name}: qkv vs peer, side by side",
@@ -176,7 +180,9 @@ class Bench:
             f"`{self.command}` on {m['cpu']} ({m['cores']} cores; {', '.join(m['isa']) or 'no AVX'}); "
             f"qkv {v['qkv']}, torch {v['torch']}, numpy {v['numpy']}. "
             f"Median of {self.reps} alternating repetitions after {self.warmup} warm-up rounds; "
-            "ratio = peer time / qkv time (> 1: qkv is faster).",
+            "ratio = peer time / qkv time (> 1: qkv is faster). "
+            f"1-minute load average {m['loadavg_1m']} before, {machine()['loadavg_1m']} after "
+            f"(on {m['cores']} cores, a load near the core count makes multi-threaded times unreliable).",
             "",
             "| op | config | threads | qkv (us) | peer | peer (us) | ratio | qkv GB/s |",
             "|---|---|---:|---:|---|---:|---:|---:|",
