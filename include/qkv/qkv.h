@@ -1,6 +1,7 @@
 // The whole public API of qkv.
 #pragma once
 
+#include "qkv/attention.h"
 #include "qkv/dtype.h"
 #include "qkv/error.h"
 #include "qkv/matmul.h"

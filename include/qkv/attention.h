@@ -1,0 +1,55 @@
+// Scaled dot-product attention (SPEC §1): one front door for every layout,
+// mask and head arrangement.
+//
+//   out[b, h, i, :] = sum_j softmax_j(scale * q[b,h,i,:] . k[b,g(h),j,:] + mask[b,h,i,j]) v[b,g(h),j,:]
+//
+// with g(h) = h / (Hq / Hkv) for grouped-query and multi-query attention.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <vector>
+
+#include "qkv/tensor.h"
+
+namespace qkv {
+
+// How q, k, v and the output are laid out. Either is read through strides, so
+// a [B, L, H, D] projection output needs no transpose copy.
+enum class AttentionLayout { bhld, blhd };  // [B, H, L, D] or [B, L, H, D]
+
+// Causal masking. When Lq != Lk, top-left alignment lets query i see keys
+// j <= i (torch's is_causal); bottom-right lets it see j <= i + Lk - Lq (decode
+// with a KV cache, where the queries are the last Lq positions).
+enum class Causal { none, top_left, bottom_right };
+
+struct AttentionOptions {
+  AttentionLayout layout = AttentionLayout::bhld;
+  std::optional<double> scale;  // default 1 / sqrt(D)
+  Causal causal = Causal::none;
+  // Boolean (true = may attend) or additive float bias, broadcastable to
+  // [B, Hq, Lq, Lk] (torch's attn_mask).
+  Tensor mask;
+  // [B, Lk] boolean, true = padding, never attended (torch.nn.MultiheadAttention's
+  // key_padding_mask convention).
+  Tensor key_padding_mask;
+  bool return_lse = false;  // per-row log-sum-exp of the scaled, masked scores
+};
+
+struct AttentionResult {
+  Tensor output;  // f32, q's layout: [B, Hq, Lq, Dv] or [B, Lq, Hq, Dv]
+  Tensor lse;     // f32 [B, Hq, Lq] when asked for; -inf for a fully masked row
+};
+
+// The fused kernel: tiled with an online softmax, O(L) extra memory, masked
+// tiles skipped. q, k, v: f32 or bf16 (all the same), accumulation in f32.
+// A query row whose keys are all masked gives output 0 and log-sum-exp -inf.
+AttentionResult attention(const Tensor& q, const Tensor& k, const Tensor& v,
+                          const AttentionOptions& options = {});
+
+// The oracle: materialises the scores and accumulates in double. Same
+// arguments and semantics as attention(); for tests and small problems.
+AttentionResult attention_reference(const Tensor& q, const Tensor& k, const Tensor& v,
+                                    const AttentionOptions& options = {});
+
+}  // namespace qkv

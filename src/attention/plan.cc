@@ -1,0 +1,156 @@
+#include "attention/plan.h"
+
+#include <cmath>
+
+namespace qkv::detail {
+namespace {
+
+// [B, H, L, D] view of a tensor in `layout`.
+Tensor as_bhld(const Tensor& t, AttentionLayout layout) {
+  return layout == AttentionLayout::bhld ? t : t.permute({0, 2, 1, 3});
+}
+
+const char* layout_name(AttentionLayout layout) {
+  return layout == AttentionLayout::bhld ? "[B, H, L, D]" : "[B, L, H, D]";
+}
+
+void check_qkv(const Tensor& t, const char* op, const char* name, AttentionLayout layout) {
+  QKV_CHECK(t.defined(), op, ": argument ", name, " is an undefined tensor");
+  QKV_CHECK(t.device().type == DeviceType::cpu, op, ": argument ", name, " is on ",
+            to_string(t.device()), "; only cpu tensors are supported");
+  QKV_CHECK(t.dim() == 4, op, ": argument ", name, " has shape ", shape_string(t.shape()),
+            "; expected 4 dims ", layout_name(layout));
+  QKV_CHECK(t.dtype() == DType::f32 || t.dtype() == DType::bf16, op, ": argument ", name,
+            " has dtype ", dtype_name(t.dtype()), "; expected f32 or bf16");
+}
+
+// The kernel reads each row as contiguous values.
+Tensor with_contiguous_rows(const Tensor& t) {
+  return t.size(3) <= 1 || t.stride(3) == 1 ? t : t.contiguous();
+}
+
+}  // namespace
+
+AttentionPlan plan_attention(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in,
+                             const AttentionOptions& options, const char* op) {
+  AttentionPlan p;
+  p.layout = options.layout;
+  check_qkv(q_in, op, "q", p.layout);
+  check_qkv(k_in, op, "k", p.layout);
+  check_qkv(v_in, op, "v", p.layout);
+  QKV_CHECK(q_in.dtype() == k_in.dtype() && q_in.dtype() == v_in.dtype(), op,
+            ": q, k and v must share a dtype; got ", dtype_name(q_in.dtype()), ", ",
+            dtype_name(k_in.dtype()), " and ", dtype_name(v_in.dtype()));
+  p.q = with_contiguous_rows(as_bhld(q_in, p.layout));
+  p.k = with_contiguous_rows(as_bhld(k_in, p.layout));
+  p.v = with_contiguous_rows(as_bhld(v_in, p.layout));
+  p.batch = p.q.size(0);
+  p.heads = p.q.size(1);
+  p.lq = p.q.size(2);
+  p.d = p.q.size(3);
+  p.kv_heads = p.k.size(1);
+  p.lk = p.k.size(2);
+  p.dv = p.v.size(3);
+  const auto shapes = [&] {
+    return detail::str(" (q ", shape_string(q_in.shape()), ", k ", shape_string(k_in.shape()),
+                       ", v ", shape_string(v_in.shape()), ", layout ", layout_name(p.layout), ")");
+  };
+  QKV_CHECK(p.k.size(0) == p.batch && p.v.size(0) == p.batch, op,
+            ": q, k and v must have the same batch size", shapes());
+  QKV_CHECK(p.k.size(3) == p.d, op, ": q and k must have the same head dim", shapes());
+  QKV_CHECK(p.v.size(1) == p.kv_heads && p.v.size(2) == p.lk, op,
+            ": k and v must have the same heads and length", shapes());
+  QKV_CHECK(p.kv_heads > 0 ? p.heads % p.kv_heads == 0 : p.heads == 0, op, ": q's ", p.heads,
+            " heads are not a multiple of k's and v's ", p.kv_heads, " heads", shapes());
+
+  const double scale = options.scale.value_or(p.d > 0 ? 1.0 / std::sqrt(static_cast<double>(p.d)) : 1.0);
+  QKV_CHECK(std::isfinite(scale), op, ": scale must be finite, got ", scale);
+  p.scale = static_cast<float>(scale);
+  if (options.causal == Causal::top_left) p.causal_diagonal = 0;
+  if (options.causal == Causal::bottom_right) p.causal_diagonal = p.lk - p.lq;
+
+  const Shape scores{p.batch, p.heads, p.lq, p.lk};
+  if (options.mask.defined()) {
+    const Tensor& mask = options.mask;
+    QKV_CHECK(mask.dtype() == DType::boolean || is_floating(mask.dtype()), op,
+              ": argument mask has dtype ", dtype_name(mask.dtype()),
+              "; expected bool (true = may attend) or a float bias");
+    bool broadcasts = mask.dim() <= 4;
+    for (int64_t i = 1; broadcasts && i <= mask.dim(); ++i)
+      broadcasts = mask.size(-i) == 1 || mask.size(-i) == scores[4 - i];
+    QKV_CHECK(broadcasts, op,
+              ": argument mask has shape ", shape_string(mask.shape()),
+              ", which does not broadcast to the scores' shape ", shape_string(scores));
+    if (mask.dtype() == DType::boolean)
+      p.allowed = mask.expand(scores);
+    else
+      p.bias = mask.to(DType::f32).expand(scores);
+  }
+  if (options.key_padding_mask.defined()) {
+    const Tensor& kpm = options.key_padding_mask;
+    QKV_CHECK(kpm.dtype() == DType::boolean, op, ": argument key_padding_mask has dtype ",
+              dtype_name(kpm.dtype()), "; expected bool (true = padding)");
+    QKV_CHECK(kpm.shape() == (Shape{p.batch, p.lk}), op, ": argument key_padding_mask has shape ",
+              shape_string(kpm.shape()), "; expected [B, Lk] = ", shape_string({p.batch, p.lk}));
+    p.key_padding = kpm;
+  }
+  return p;
+}
+
+AttentionResult AttentionPlan::make_result(bool with_lse) const {
+  AttentionResult r;
+  const Shape shape = layout == AttentionLayout::bhld ? Shape{batch, heads, lq, dv}
+                                                      : Shape{batch, lq, heads, dv};
+  r.output = Tensor::zeros(shape, DType::f32);
+  if (with_lse) r.lse = Tensor::full({batch, heads, lq}, -INFINITY, DType::f32);
+  return r;
+}
+
+Tensor AttentionPlan::output_bhld(const AttentionResult& result, AttentionLayout layout) {
+  return as_bhld(result.output, layout);
+}
+
+kernels::AttentionSlice AttentionPlan::slice(int64_t b, int64_t h, const AttentionResult& result) const {
+  kernels::AttentionSlice s;
+  const int64_t g = h / (heads / kv_heads);  // the K/V head this query head reads
+  const size_t elem = dtype_size(q.dtype());
+  auto at = [elem](const Tensor& t, int64_t i0, int64_t i1) {
+    return static_cast<const char*>(t.raw_data()) +
+           (i0 * t.stride(0) + i1 * t.stride(1)) * static_cast<int64_t>(elem);
+  };
+  s.bf16 = q.dtype() == DType::bf16;
+  s.q = at(q, b, h);
+  s.k = at(k, b, g);
+  s.v = at(v, b, g);
+  s.q_stride = q.stride(2);
+  s.k_stride = k.stride(2);
+  s.v_stride = v.stride(2);
+  const Tensor out = output_bhld(result, layout);
+  s.o = static_cast<float*>(out.raw_data()) + b * out.stride(0) + h * out.stride(1);
+  s.o_stride = out.stride(2);
+  if (result.lse.defined()) s.lse = static_cast<float*>(result.lse.raw_data()) + (b * heads + h) * lq;
+  s.lq = lq;
+  s.lk = lk;
+  s.d = d;
+  s.dv = dv;
+  s.scale = scale;
+  if (allowed.defined()) {
+    s.allowed = static_cast<const uint8_t*>(allowed.raw_data()) + b * allowed.stride(0) +
+                h * allowed.stride(1);
+    s.allowed_row_stride = allowed.stride(2);
+    s.allowed_col_stride = allowed.stride(3);
+  }
+  if (bias.defined()) {
+    s.bias = static_cast<const float*>(bias.raw_data()) + b * bias.stride(0) + h * bias.stride(1);
+    s.bias_row_stride = bias.stride(2);
+    s.bias_col_stride = bias.stride(3);
+  }
+  if (key_padding.defined()) {
+    s.key_padding = static_cast<const uint8_t*>(key_padding.raw_data()) + b * key_padding.stride(0);
+    s.key_padding_stride = key_padding.stride(1);
+  }
+  s.causal_diagonal = causal_diagonal;
+  return s;
+}
+
+}  // namespace qkv::detail

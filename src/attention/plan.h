@@ -1,0 +1,35 @@
+// What attention() and attention_reference() share: the checked and resolved
+// form of one call (views in [B, H, L, D] order, the scale, the masks), so the
+// fused kernel and the oracle read the same arguments the same way.
+#pragma once
+
+#include "kernels/cpu/attention.h"
+#include "qkv/attention.h"
+
+namespace qkv::detail {
+
+struct AttentionPlan {
+  // q, k, v and the masks as [B, H, L, D] / [B, Hq, Lq, Lk] views (no copies,
+  // except a head dim that was not contiguous).
+  Tensor q, k, v;
+  Tensor allowed;      // bool, or undefined
+  Tensor bias;         // f32, or undefined
+  Tensor key_padding;  // bool [B, Lk], or undefined
+  AttentionLayout layout = AttentionLayout::bhld;
+  int64_t batch = 0, heads = 0, kv_heads = 0, lq = 0, lk = 0, d = 0, dv = 0;
+  float scale = 1.0f;
+  int64_t causal_diagonal = kernels::kNoCausal;
+
+  // Zero-filled output in q's layout (and log-sum-exp [B, Hq, Lq] if asked).
+  AttentionResult make_result(bool with_lse) const;
+  // The output viewed as [B, H, L, Dv].
+  static Tensor output_bhld(const AttentionResult& result, AttentionLayout layout);
+  // Pointers and strides of head h of batch b.
+  kernels::AttentionSlice slice(int64_t b, int64_t h, const AttentionResult& result) const;
+};
+
+// Validates the arguments; errors name `op`, the argument and the values.
+AttentionPlan plan_attention(const Tensor& q, const Tensor& k, const Tensor& v,
+                             const AttentionOptions& options, const char* op);
+
+}  // namespace qkv::detail

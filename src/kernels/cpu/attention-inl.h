@@ -1,0 +1,226 @@
+// Per-target code of the fused attention forward (see attention.h). Compiled
+// once per Highway target from attention.cc; never include it elsewhere.
+//
+// FlashAttention-2 (Dao 2023) on a CPU core: for a tile of Br queries, walk
+// the keys in blocks of Bc; S = (scale q) k^T for the block, an online softmax
+// (running max m, running sum l, rescale of the partial output by
+// exp(m_old - m_new)), then O += P v. Both products are one register-blocked
+// micro-kernel, C[i, :] += A[i, p] * B[p, :]: A's entries are broadcast, B's
+// rows streamed as vectors, so k is packed transposed (kt: [d, Bc]) and v as
+// rows padded to whole vectors (vb: [Bc, dvp]). The scratch is O(Br + Bc)
+// rows, never Lq x Lk.
+
+#if defined(QKV_KERNELS_CPU_ATTENTION_INL_H_) == defined(HWY_TARGET_TOGGLE)
+#ifdef QKV_KERNELS_CPU_ATTENTION_INL_H_
+#undef QKV_KERNELS_CPU_ATTENTION_INL_H_
+#else
+#define QKV_KERNELS_CPU_ATTENTION_INL_H_
+#endif
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+
+#include "hwy/highway.h"
+#include "kernels/cpu/attention.h"
+#include "qkv/dtype.h"
+#include "kernels/cpu/vec-inl.h"
+
+HWY_BEFORE_NAMESPACE();
+namespace qkv::kernels::HWY_NAMESPACE {
+namespace hn = hwy::HWY_NAMESPACE;
+
+// Vectors per micro-tile row: 4 x 4 accumulators fill half of AVX-512's 32
+// registers; targets with 16 registers use 4 x 2.
+inline constexpr int kTileVecs = HWY_TARGET <= HWY_AVX3 ? 4 : 2;
+inline constexpr int kTileRows = 4;
+
+// C[0:R, 0:V*Lanes] (+)= A[0:R, 0:k] B[0:k, 0:V*Lanes].
+template <int R, int V>
+HWY_INLINE void MicroTile(DF d, const float* HWY_RESTRICT a, size_t lda,
+                          const float* HWY_RESTRICT b, size_t ldb, float* HWY_RESTRICT c,
+                          size_t ldc, size_t k, bool accumulate) {
+  const size_t lanes = hn::Lanes(d);
+  VF acc[R][V];
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < V; ++v)
+      acc[r][v] = accumulate ? hn::LoadU(d, c + r * ldc + v * lanes) : hn::Zero(d);
+  for (size_t p = 0; p < k; ++p) {
+    VF bv[V];
+    for (int v = 0; v < V; ++v) bv[v] = hn::LoadU(d, b + p * ldb + v * lanes);
+    for (int r = 0; r < R; ++r) {
+      const VF av = hn::Set(d, a[r * lda + p]);
+      for (int v = 0; v < V; ++v) acc[r][v] = hn::MulAdd(av, bv[v], acc[r][v]);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < V; ++v) hn::StoreU(acc[r][v], d, c + r * ldc + v * lanes);
+}
+
+// C[m, n] (+)= A[m, k] B[k, n] with n a multiple of Lanes. Column panels
+// outside, rows inside, so each panel of B stays in L1 across all rows.
+template <int V>
+HWY_INLINE void GemmPanel(DF d, const float* a, size_t lda, const float* b, size_t ldb, float* c,
+                          size_t ldc, size_t m, size_t k, bool accumulate) {
+  size_t i = 0;
+  for (; i + kTileRows <= m; i += kTileRows)
+    MicroTile<kTileRows, V>(d, a + i * lda, lda, b, ldb, c + i * ldc, ldc, k, accumulate);
+  for (; i < m; ++i) MicroTile<1, V>(d, a + i * lda, lda, b, ldb, c + i * ldc, ldc, k, accumulate);
+}
+
+HWY_INLINE void Gemm(const float* a, size_t lda, const float* b, size_t ldb, float* c, size_t ldc,
+                     size_t m, size_t n, size_t k, bool accumulate) {
+  const DF d;
+  const size_t lanes = hn::Lanes(d);
+  size_t j = 0;
+  for (; j + kTileVecs * lanes <= n; j += kTileVecs * lanes)
+    GemmPanel<kTileVecs>(d, a, lda, b + j, ldb, c + j, ldc, m, k, accumulate);
+  for (; j < n; j += lanes) GemmPanel<1>(d, a, lda, b + j, ldb, c + j, ldc, m, k, accumulate);
+}
+
+// Element i of a row of f32 or bf16 values, as f32.
+HWY_INLINE float LoadElement(const void* row, size_t i, bool bf16) {
+  return bf16 ? bf16_bits_to_f32(static_cast<const uint16_t*>(row)[i])
+              : static_cast<const float*>(row)[i];
+}
+
+HWY_INLINE size_t RoundUp(size_t n, size_t multiple) { return (n + multiple - 1) / multiple * multiple; }
+
+// Writes -inf into s[i, j] (block coordinates) wherever key j0 + j is hidden from
+// query r0 + i; returns false when every entry of the block is hidden.
+HWY_INLINE bool ApplyMasks(const AttentionSlice& sl, int64_t r0, int64_t rows, int64_t j0,
+                           int64_t bc, float* s, size_t lds) {
+  constexpr float kMinusInf = -std::numeric_limits<float>::infinity();
+  bool any_visible = false;
+  for (int64_t i = 0; i < rows; ++i) {
+    float* row = s + i * lds;
+    const int64_t q = r0 + i;
+    // Keys past the causal diagonal: one fill from the first hidden key.
+    int64_t visible_end = bc;
+    if (sl.causal_diagonal != kNoCausal)
+      visible_end = std::clamp<int64_t>(q + sl.causal_diagonal + 1 - j0, 0, bc);
+    std::fill(row + visible_end, row + bc, kMinusInf);
+    if (sl.key_padding != nullptr)
+      for (int64_t j = 0; j < visible_end; ++j)
+        if (sl.key_padding[(j0 + j) * sl.key_padding_stride]) row[j] = kMinusInf;
+    if (sl.allowed != nullptr) {
+      const uint8_t* allowed = sl.allowed + q * sl.allowed_row_stride;
+      for (int64_t j = 0; j < visible_end; ++j)
+        if (!allowed[(j0 + j) * sl.allowed_col_stride]) row[j] = kMinusInf;
+    }
+    if (sl.bias != nullptr) {
+      const float* bias = sl.bias + q * sl.bias_row_stride;
+      for (int64_t j = 0; j < visible_end; ++j) row[j] += bias[(j0 + j) * sl.bias_col_stride];
+    }
+    for (int64_t j = 0; j < visible_end && !any_visible; ++j) any_visible = row[j] != kMinusInf;
+  }
+  return any_visible;
+}
+
+HWY_NOINLINE void FlashAttentionForwardImpl(const AttentionSlice& sl, int64_t row_begin,
+                                            int64_t row_end, float* workspace) {
+  const DF d;
+  const size_t lanes = hn::Lanes(d);
+  constexpr float kMinusInf = -std::numeric_limits<float>::infinity();
+  const int64_t rows = row_end - row_begin;
+  const size_t dim = static_cast<size_t>(sl.d);
+  const size_t dvp = RoundUp(static_cast<size_t>(sl.dv), 16);
+  const size_t bcp = static_cast<size_t>(kAttentionKeyBlock);  // a multiple of every Lanes
+
+  // Scratch layout, each region 64-byte aligned: q tile, k^T block, v block,
+  // scores / probabilities, output accumulator, running max and sum.
+  float* cursor = workspace;
+  auto take = [&cursor](size_t floats) {
+    float* p = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(cursor) + 63) & ~uintptr_t{63});
+    cursor = p + floats;
+    return p;
+  };
+  float* qt = take(kAttentionRowTile * dim);
+  float* kt = take(dim * bcp);
+  float* vb = take(bcp * dvp);
+  float* s = take(kAttentionRowTile * bcp);
+  float* acc = take(kAttentionRowTile * dvp);
+  float* m = take(kAttentionRowTile);
+  float* l = take(kAttentionRowTile);
+
+  // The scale is folded into q once, not applied to every score.
+  for (int64_t i = 0; i < rows; ++i) {
+    const char* q_row = static_cast<const char*>(sl.q) +
+                        (row_begin + i) * sl.q_stride * (sl.bf16 ? 2 : 4);
+    for (size_t c = 0; c < dim; ++c) qt[i * dim + c] = LoadElement(q_row, c, sl.bf16) * sl.scale;
+  }
+  std::fill(acc, acc + rows * dvp, 0.0f);
+  std::fill(m, m + rows, kMinusInf);
+  std::fill(l, l + rows, 0.0f);
+
+  // Keys past the last row's causal diagonal are hidden from the whole tile.
+  int64_t key_end = sl.lk;
+  if (sl.causal_diagonal != kNoCausal)
+    key_end = std::clamp<int64_t>(row_end - 1 + sl.causal_diagonal + 1, 0, sl.lk);
+  const size_t elem = sl.bf16 ? 2 : 4;
+  for (int64_t j0 = 0; j0 < key_end; j0 += kAttentionKeyBlock) {
+    const int64_t bc = std::min<int64_t>(kAttentionKeyBlock, key_end - j0);
+    const size_t n = RoundUp(static_cast<size_t>(bc), lanes);
+    // Pack k^T and v for the block; columns / rows past bc are zero.
+    for (int64_t j = 0; j < bc; ++j) {
+      const char* k_row = static_cast<const char*>(sl.k) + (j0 + j) * sl.k_stride * elem;
+      for (size_t c = 0; c < dim; ++c) kt[c * bcp + j] = LoadElement(k_row, c, sl.bf16);
+      const char* v_row = static_cast<const char*>(sl.v) + (j0 + j) * sl.v_stride * elem;
+      float* vrow = vb + j * dvp;
+      for (int64_t c = 0; c < sl.dv; ++c) vrow[c] = LoadElement(v_row, static_cast<size_t>(c), sl.bf16);
+      std::fill(vrow + sl.dv, vrow + dvp, 0.0f);
+    }
+    for (size_t j = static_cast<size_t>(bc); j < n; ++j) {
+      for (size_t c = 0; c < dim; ++c) kt[c * bcp + j] = 0.0f;
+      std::fill(vb + j * dvp, vb + (j + 1) * dvp, 0.0f);
+    }
+
+    Gemm(qt, dim, kt, bcp, s, bcp, static_cast<size_t>(rows), n, dim, /*accumulate=*/false);
+    const bool masked = sl.allowed != nullptr || sl.bias != nullptr || sl.key_padding != nullptr ||
+                        (sl.causal_diagonal != kNoCausal && j0 + bc - 1 > row_begin + sl.causal_diagonal);
+    if (masked && !ApplyMasks(sl, row_begin, rows, j0, bc, s, bcp)) continue;  // whole block hidden
+
+    // Online softmax, row by row; the padding columns [bc, n) become exp(-inf) = 0.
+    for (int64_t i = 0; i < rows; ++i) {
+      float* row = s + i * bcp;
+      for (size_t j = static_cast<size_t>(bc); j < n; ++j) row[j] = kMinusInf;
+      VF vmax = hn::Set(d, kMinusInf);
+      for (size_t j = 0; j < n; j += lanes) vmax = hn::Max(vmax, hn::Load(d, row + j));
+      const float m_new = std::max(m[i], hn::GetLane(hn::MaxOfLanes(d, vmax)));
+      if (m_new == kMinusInf) {  // nothing visible to this row yet
+        std::fill(row, row + n, 0.0f);
+        continue;
+      }
+      const VF shift = hn::Set(d, m_new);
+      VF vsum = hn::Zero(d);
+      for (size_t j = 0; j < n; j += lanes) {
+        const VF p = ExpF(d, hn::Sub(hn::Load(d, row + j), shift));
+        hn::Store(p, d, row + j);
+        vsum = hn::Add(vsum, p);
+      }
+      const float alpha = m[i] == kMinusInf ? 0.0f : std::exp(m[i] - m_new);
+      l[i] = l[i] * alpha + hn::GetLane(hn::SumOfLanes(d, vsum));
+      m[i] = m_new;
+      if (alpha != 1.0f) {
+        float* o = acc + i * dvp;
+        const VF va = hn::Set(d, alpha);
+        for (size_t c = 0; c < dvp; c += lanes) hn::Store(hn::Mul(hn::Load(d, o + c), va), d, o + c);
+      }
+    }
+    Gemm(s, bcp, vb, dvp, acc, dvp, static_cast<size_t>(rows), dvp, n, /*accumulate=*/true);
+  }
+
+  for (int64_t i = 0; i < rows; ++i) {
+    float* out = sl.o + (row_begin + i) * sl.o_stride;
+    const float inv = l[i] > 0.0f ? 1.0f / l[i] : 0.0f;  // fully masked row: output 0
+    for (int64_t c = 0; c < sl.dv; ++c) out[c] = acc[i * dvp + c] * inv;
+    if (sl.lse != nullptr) sl.lse[row_begin + i] = l[i] > 0.0f ? m[i] + std::log(l[i]) : kMinusInf;
+  }
+}
+
+}  // namespace qkv::kernels::HWY_NAMESPACE
+HWY_AFTER_NAMESPACE();
+
+#endif  // per-target include guard

@@ -1,0 +1,50 @@
+// The fused attention kernel (FlashAttention-style: tiled, online softmax,
+// O(L) extra memory), dispatched at run time to the best Highway target.
+// Internal: the front door in src/attention validates and calls it once per
+// (batch, head, query tile) on the thread team.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <limits>
+
+namespace qkv::kernels {
+
+inline constexpr int64_t kNoCausal = std::numeric_limits<int64_t>::max();
+// Queries per tile: a task of the thread team and the row block of the kernel.
+inline constexpr int64_t kAttentionRowTile = 64;
+// Keys per block of the online softmax.
+inline constexpr int64_t kAttentionKeyBlock = 64;
+
+// One (batch, head) slice: q [lq, d], k [lk, d], v [lk, dv], o [lq, dv].
+// Each row is contiguous; row strides are in elements. Masks are addressed as
+// mask[i * row_stride + j * col_stride] (a stride of 0 broadcasts).
+struct AttentionSlice {
+  const void* q = nullptr;
+  const void* k = nullptr;
+  const void* v = nullptr;
+  bool bf16 = false;  // q, k, v hold bf16 (else f32); the math is f32 either way
+  int64_t q_stride = 0, k_stride = 0, v_stride = 0;
+  float* o = nullptr;
+  int64_t o_stride = 0;
+  float* lse = nullptr;  // [lq] or null
+  int64_t lq = 0, lk = 0, d = 0, dv = 0;
+  float scale = 1.0f;
+  const uint8_t* allowed = nullptr;  // boolean mask, nonzero = may attend
+  int64_t allowed_row_stride = 0, allowed_col_stride = 0;
+  const float* bias = nullptr;  // additive mask
+  int64_t bias_row_stride = 0, bias_col_stride = 0;
+  const uint8_t* key_padding = nullptr;  // nonzero = padding, never attended
+  int64_t key_padding_stride = 0;
+  int64_t causal_diagonal = kNoCausal;  // query i sees key j only if j <= i + causal_diagonal
+};
+
+// Floats of scratch one call of FlashAttentionForward needs.
+size_t AttentionWorkspaceFloats(int64_t d, int64_t dv);
+
+// Query rows [row_begin, row_end) of a slice, at most kAttentionRowTile of
+// them. A row with no visible key gets output 0 and log-sum-exp -inf.
+void FlashAttentionForward(const AttentionSlice& slice, int64_t row_begin, int64_t row_end,
+                           float* workspace);
+
+}  // namespace qkv::kernels

@@ -1,0 +1,162 @@
+// The fused attention kernel against the double-precision oracle, on every
+// compiled Highway target, over layouts, head groupings, masks and edge sizes.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <limits>
+#include <string>
+
+#include "hwy/targets.h"
+#include "qkv/qkv.h"
+
+namespace qkv {
+namespace {
+
+struct Case {
+  int64_t b, hq, hkv, lq, lk, d, dv;
+  AttentionLayout layout = AttentionLayout::bhld;
+  Causal causal = Causal::none;
+  std::string mask;  // "", "bool", "bias", "padding"
+  DType dtype = DType::f32;
+};
+
+std::string describe(const Case& c) {
+  return detail::str("B", c.b, " Hq", c.hq, " Hkv", c.hkv, " Lq", c.lq, " Lk", c.lk, " D", c.d,
+                     " Dv", c.dv, c.layout == AttentionLayout::blhd ? " blhd" : " bhld",
+                     " causal", static_cast<int>(c.causal), " mask '", c.mask, "' ",
+                     dtype_name(c.dtype), " target ", hwy::TargetName(hwy::SupportedTargets() & -hwy::SupportedTargets()));
+}
+
+Tensor make(const Case& c, int64_t heads, int64_t len, int64_t dim, Generator& gen) {
+  const Shape shape = c.layout == AttentionLayout::bhld ? Shape{c.b, heads, len, dim}
+                                                        : Shape{c.b, len, heads, dim};
+  return randn(shape, gen).to(c.dtype);
+}
+
+void check_case(const Case& c, uint64_t seed) {
+  Generator gen(seed);
+  const Tensor q = make(c, c.hq, c.lq, c.d, gen), k = make(c, c.hkv, c.lk, c.d, gen),
+               v = make(c, c.hkv, c.lk, c.dv, gen);
+  AttentionOptions options{.layout = c.layout, .causal = c.causal, .return_lse = true};
+  if (c.mask == "bool") {
+    Tensor m = rand({c.b, 1, c.lq, c.lk}, gen);  // broadcast over heads
+    Tensor allowed = Tensor::empty(m.shape(), DType::boolean);
+    for (int64_t i = 0; i < m.numel(); ++i)
+      allowed.data<bool>()[i] = m.data<float>()[i] < 0.7 || (i % 97 == 0 && c.lq > 3);
+    // A fully masked row for query 1 in every batch.
+    if (c.lq > 1)
+      for (int64_t b = 0; b < c.b; ++b)
+        for (int64_t j = 0; j < c.lk; ++j) allowed.data<bool>()[(b * c.lq + 1) * c.lk + j] = false;
+    options.mask = allowed;
+  } else if (c.mask == "bias") {
+    options.mask = scale(randn({c.hq, c.lq, c.lk}, gen), 2.0);
+  } else if (c.mask == "padding") {
+    Tensor pad = Tensor::zeros({c.b, c.lk}, DType::boolean);
+    for (int64_t j = c.lk * 2 / 3; j < c.lk; ++j) pad.data<bool>()[j] = true;  // batch 0 only
+    options.key_padding_mask = pad;
+  }
+  const AttentionResult fused = attention(q, k, v, options);
+  const AttentionResult ref = attention_reference(q, k, v, options);
+  ASSERT_EQ(fused.output.shape(), ref.output.shape()) << describe(c);
+  const auto out = fused.output.to_values(), want = ref.output.to_values();
+  // f32 accumulation over Lk terms of size |v| ~ 1: a few hundred ulp at most.
+  const double tolerance = 2e-5 * std::sqrt(static_cast<double>(std::max<int64_t>(c.lk, 1)));
+  for (size_t i = 0; i < out.size(); ++i) {
+    ASSERT_FALSE(std::isnan(out[i])) << describe(c) << " output " << i;
+    ASSERT_NEAR(out[i], want[i], tolerance) << describe(c) << " output " << i;
+  }
+  double largest = 0;
+  for (double x : want) largest = std::max(largest, std::abs(x));
+  if (c.lq > 0 && c.lk > 0 && c.dv > 0) {
+    ASSERT_GT(largest, 0.1) << describe(c);  // not vacuous
+  }
+  const auto lse = fused.lse.to_values(), lse_want = ref.lse.to_values();
+  for (size_t i = 0; i < lse.size(); ++i) {
+    if (std::isinf(lse_want[i])) {
+      ASSERT_EQ(lse[i], lse_want[i]) << describe(c) << " lse " << i;
+    } else {
+      ASSERT_NEAR(lse[i], lse_want[i], 1e-5 * (1 + std::abs(lse_want[i]))) << describe(c) << " lse " << i;
+    }
+  }
+}
+
+class AttentionTargets : public ::testing::TestWithParam<int64_t> {
+ protected:
+  void SetUp() override { hwy::SetSupportedTargetsForTest(GetParam()); }
+  void TearDown() override { hwy::SetSupportedTargetsForTest(0); }
+};
+
+TEST_P(AttentionTargets, FusedMatchesReference) {
+  const Case cases[] = {
+      {1, 1, 1, 1, 1, 16, 16},
+      {1, 2, 2, 113, 203, 64, 64},
+      {2, 4, 2, 65, 64, 32, 32},                                   // GQA, tile edges
+      {1, 4, 1, 7, 130, 80, 48},                                    // MQA, Dv != D
+      {2, 3, 3, 33, 77, 128, 128, AttentionLayout::blhd},
+      {1, 2, 2, 129, 129, 64, 64, AttentionLayout::bhld, Causal::top_left},
+      {1, 2, 1, 40, 150, 32, 32, AttentionLayout::blhd, Causal::bottom_right},
+      {1, 2, 2, 150, 40, 16, 16, AttentionLayout::bhld, Causal::bottom_right},  // rows with no key
+      {1, 2, 2, 150, 40, 16, 16, AttentionLayout::bhld, Causal::top_left},
+      {2, 2, 2, 70, 90, 64, 64, AttentionLayout::bhld, Causal::none, "bool"},
+      {1, 3, 3, 31, 200, 64, 64, AttentionLayout::bhld, Causal::top_left, "bias"},
+      {2, 2, 1, 66, 100, 64, 64, AttentionLayout::blhd, Causal::none, "padding"},
+      {1, 2, 2, 100, 100, 256, 256},
+      {2, 2, 2, 50, 70, 64, 64, AttentionLayout::bhld, Causal::top_left, "", DType::bf16},
+  };
+  uint64_t seed = 1;
+  for (const Case& c : cases) check_case(c, seed++);
+}
+
+INSTANTIATE_TEST_SUITE_P(EveryTarget, AttentionTargets,
+                         ::testing::ValuesIn(hwy::SupportedAndGeneratedTargets()),
+                         [](const ::testing::TestParamInfo<int64_t>& info) {
+                           return std::string(hwy::TargetName(info.param));
+                         });
+
+TEST(Attention, EmptyAndHugeLogits) {
+  Generator gen(5);
+  // Lk = 0: every row fully masked -> output 0, lse -inf.
+  AttentionResult r = attention(randn({1, 2, 3, 8}, gen), Tensor::zeros({1, 2, 0, 8}),
+                                Tensor::zeros({1, 2, 0, 8}), {.return_lse = true});
+  for (double x : r.output.to_values()) EXPECT_EQ(x, 0.0);
+  for (double x : r.lse.to_values()) EXPECT_EQ(x, -std::numeric_limits<double>::infinity());
+  // Lq = 0.
+  EXPECT_EQ(attention(Tensor::zeros({1, 2, 0, 8}), randn({1, 2, 5, 8}, gen), randn({1, 2, 5, 8}, gen))
+                .output.numel(),
+            0);
+  // Logits of +-1e4 stay finite and match the oracle.
+  Tensor q = scale(randn({1, 1, 17, 4}, gen), 100.0), k = scale(randn({1, 1, 19, 4}, gen), 100.0);
+  Tensor v = randn({1, 1, 19, 4}, gen);
+  const auto fused = attention(q, k, v, {.scale = 1.0}).output.to_values();
+  const auto ref = attention_reference(q, k, v, {.scale = 1.0}).output.to_values();
+  for (size_t i = 0; i < fused.size(); ++i) {
+    ASSERT_TRUE(std::isfinite(fused[i]));
+    ASSERT_NEAR(fused[i], ref[i], 1e-4);
+  }
+}
+
+TEST(Attention, ErrorsNameTheArgument) {
+  const Tensor q = Tensor::zeros({1, 4, 8, 16}), k = Tensor::zeros({1, 3, 8, 16});
+  auto message = [](auto&& fn) {
+    try {
+      fn();
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  EXPECT_NE(message([&] { attention(q, k, k); }).find("not a multiple"), std::string::npos);
+  EXPECT_NE(message([&] { attention(q, Tensor::zeros({1, 4, 8, 8}), q); }).find("head dim"),
+            std::string::npos);
+  EXPECT_NE(message([&] { attention(q.select(0, 0), q, q); }).find("argument q"), std::string::npos);
+  EXPECT_NE(message([&] { attention(q.to(DType::f16), q, q); }).find("f16"), std::string::npos);
+  EXPECT_NE(message([&] { attention(q, q, q, {.mask = Tensor::zeros({3, 8})}); }).find("mask"),
+            std::string::npos);
+  EXPECT_NE(message([&] {
+              attention(q, q, q, {.key_padding_mask = Tensor::zeros({1, 8})});
+            }).find("key_padding_mask"),
+            std::string::npos);
+}
+
+}  // namespace
+}  // namespace qkv
