@@ -21,6 +21,7 @@ from ._qkv import (  # noqa: F401
     __version__,
     add,
     arange,
+    attention,
     empty,
     exp,
     from_dlpack,

@@ -21,5 +21,6 @@ Tensor tensor_from_array(const AnyArray& array);
 void bind_tensor(nb::module_& m);
 void bind_ops(nb::module_& m);
 void bind_io(nb::module_& m);
+void bind_attention(nb::module_& m);
 
 }  // namespace qkv::python

@@ -22,4 +22,5 @@ NB_MODULE(_qkv, m) {
   qkv::python::bind_tensor(m);
   qkv::python::bind_ops(m);
   qkv::python::bind_io(m);
+  qkv::python::bind_attention(m);
 }

@@ -1,0 +1,68 @@
+// qkv.attention: the fused scaled dot-product attention of qkv/attention.h.
+#include <nanobind/stl/optional.h>
+#include <nanobind/stl/pair.h>
+#include <nanobind/stl/string.h>
+
+#include <optional>
+#include <string>
+#include <variant>
+
+#include "bindings.h"
+#include "qkv/attention.h"
+
+namespace qkv::python {
+namespace {
+
+AttentionLayout parse_layout(const std::string& layout) {
+  if (layout == "bhld") return AttentionLayout::bhld;
+  if (layout == "blhd") return AttentionLayout::blhd;
+  throw Error(detail::str("attention: layout must be 'bhld' or 'blhd', got '", layout, "'"));
+}
+
+// causal: False / True (top-left, as torch's is_causal) / "top_left" / "bottom_right".
+Causal parse_causal(const nb::handle& causal) {
+  if (nb::isinstance<nb::bool_>(causal)) return nb::cast<bool>(causal) ? Causal::top_left : Causal::none;
+  if (nb::isinstance<nb::str>(causal)) {
+    const std::string s = nb::cast<std::string>(causal);
+    if (s == "top_left") return Causal::top_left;
+    if (s == "bottom_right") return Causal::bottom_right;
+    if (s == "none") return Causal::none;
+  }
+  throw Error(detail::str("attention: causal must be a bool, 'top_left' or 'bottom_right', got ",
+                          nb::cast<std::string>(nb::str(causal))));
+}
+
+}  // namespace
+
+void bind_attention(nb::module_& m) {
+  m.def(
+      "attention",
+      [](const Tensor& q, const Tensor& k, const Tensor& v, std::optional<double> scale,
+         nb::handle causal, std::optional<Tensor> mask, std::optional<Tensor> key_padding_mask,
+         const std::string& layout, bool return_lse, bool reference) -> nb::object {
+        AttentionOptions options{.layout = parse_layout(layout),
+                                 .scale = scale,
+                                 .causal = parse_causal(causal),
+                                 .mask = mask.value_or(Tensor()),
+                                 .key_padding_mask = key_padding_mask.value_or(Tensor()),
+                                 .return_lse = return_lse};
+        AttentionResult r;
+        {
+          nb::gil_scoped_release release;
+          r = reference ? attention_reference(q, k, v, options) : attention(q, k, v, options);
+        }
+        if (return_lse) return nb::cast(std::make_pair(r.output, r.lse));
+        return nb::cast(r.output);
+      },
+      nb::arg("q"), nb::arg("k"), nb::arg("v"), nb::arg("scale") = nb::none(),
+      nb::arg("causal") = false, nb::arg("mask") = nb::none(),
+      nb::arg("key_padding_mask") = nb::none(), nb::arg("layout") = "bhld",
+      nb::arg("return_lse") = false, nb::arg("reference") = false,
+      "Fused scaled dot-product attention. q: [B, Hq, Lq, D] (or [B, Lq, Hq, D] with "
+      "layout='blhd'); k, v with Hkv dividing Hq. mask: bool (True = may attend) or a float "
+      "bias, broadcastable to [B, Hq, Lq, Lk]; key_padding_mask: bool [B, Lk], True = padding. "
+      "A fully masked row gives 0 (log-sum-exp -inf). Returns the f32 output, or (output, lse) "
+      "with return_lse. reference=True runs the double-precision oracle instead.");
+}
+
+}  // namespace qkv::python
