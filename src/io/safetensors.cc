@@ -126,10 +126,10 @@ std::string excerpt(const json& value) {
   return s.size() > 80 ? s.substr(0, 77) + "..." : s;
 }
 
+// nlohmann types every integer written without a minus sign as unsigned; "-0"
+// is signed, and the reference (serde, usize) rejects it as the float -0.0.
 std::optional<uint64_t> as_non_negative_integer(const json& value) {
   if (value.is_number_unsigned()) return value.get<uint64_t>();
-  if (value.is_number_integer() && value.get<int64_t>() >= 0)
-    return static_cast<uint64_t>(value.get<int64_t>());
   return std::nullopt;
 }
 

@@ -329,7 +329,8 @@ TEST(SafetensorsReject, TensorEntryStructure) {
   expect_rejected(image(R"({"a":{"dtype":5,"shape":[],"data_offsets":[0,4]}})", 4),
                   "tensor 'a': dtype must be a string, got 5");
   const std::string shape = "shape must be an array of non-negative integers";
-  for (const char* bad : {"[-1]", "[1.0]", "[2,\"3\"]", "3", "null", "[18446744073709551616]"}) {
+  for (const char* bad :
+       {"[-1]", "[-0]", "[1.0]", "[1e0]", "[2,\"3\"]", "3", "null", "[18446744073709551616]"}) {
     expect_rejected(
         image(std::string(R"({"a":{"dtype":"F32","shape":)") + bad + R"(,"data_offsets":[0,4]}})",
               4),
@@ -339,7 +340,7 @@ TEST(SafetensorsReject, TensorEntryStructure) {
       image(R"({"a":{"dtype":"F32","shape":[0,9223372036854775808],"data_offsets":[0,0]}})"),
       "has a size above 2^63 - 1");
   const std::string offsets = "data_offsets must be an array of two non-negative integers";
-  for (const char* bad : {"[0]", "[0,4,8]", "[-4,0]", "[0,4.0]", "{}", "[0,null]"}) {
+  for (const char* bad : {"[0]", "[0,4,8]", "[-4,0]", "[-0,4]", "[0,4.0]", "{}", "[0,null]"}) {
     expect_rejected(
         image(std::string(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":)") + bad + "}}", 4),
         offsets);
