@@ -47,9 +47,29 @@ struct AttentionResult {
 AttentionResult attention(const Tensor& q, const Tensor& k, const Tensor& v,
                           const AttentionOptions& options = {});
 
+struct AttentionGradients {
+  Tensor grad_q, grad_k, grad_v;  // f32, in the layout and shape of q, k, v
+  Tensor grad_mask;               // f32 in the float mask's shape, when asked for
+};
+
+// The backward of attention(): dQ, dK, dV from dO, recomputing the
+// probabilities from the forward's log-sum-exp (run the forward with
+// return_lse = true and pass its result). With mask_requires_grad, also the
+// gradient of an additive float mask, summed over the dims it broadcast over.
+// A fully masked query row gets zero gradients.
+AttentionGradients attention_backward(const Tensor& grad_output, const Tensor& q, const Tensor& k,
+                                      const Tensor& v, const AttentionResult& forward,
+                                      const AttentionOptions& options = {},
+                                      bool mask_requires_grad = false);
+
 // The oracle: materialises the scores and accumulates in double. Same
 // arguments and semantics as attention(); for tests and small problems.
 AttentionResult attention_reference(const Tensor& q, const Tensor& k, const Tensor& v,
                                     const AttentionOptions& options = {});
+// The backward oracle, in double from q, k, v alone (no saved state).
+AttentionGradients attention_backward_reference(const Tensor& grad_output, const Tensor& q,
+                                                const Tensor& k, const Tensor& v,
+                                                const AttentionOptions& options = {},
+                                                bool mask_requires_grad = false);
 
 }  // namespace qkv

@@ -1,5 +1,6 @@
 // The attention oracle: materialises each row's scores and accumulates in
 // double, reading the same resolved arguments as the fused kernel (plan.h).
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <vector>
@@ -15,41 +16,52 @@ double load(const void* row, int64_t i, bool bf16) {
               : static_cast<const float*>(row)[i];
 }
 
-// One (batch, head) slice, every row, in double.
+// Whether key j is hidden from query i in slice s.
+bool hidden(const kernels::AttentionSlice& s, int64_t i, int64_t j) {
+  return (s.causal_diagonal != kernels::kNoCausal && j > i + s.causal_diagonal) ||
+         (s.key_padding && s.key_padding[j * s.key_padding_stride]) ||
+         (s.allowed && !s.allowed[i * s.allowed_row_stride + j * s.allowed_col_stride]);
+}
+
+// Row i's probabilities in double, and its log-sum-exp; all zero and -inf
+// when every key is hidden.
+double probabilities(const kernels::AttentionSlice& s, int64_t i, std::vector<double>& p) {
+  const int64_t elem = s.bf16 ? 2 : 4;
+  const char* q = static_cast<const char*>(s.q) + i * s.q_stride * elem;
+  double top = -std::numeric_limits<double>::infinity();
+  for (int64_t j = 0; j < s.lk; ++j) {
+    const char* k = static_cast<const char*>(s.k) + j * s.k_stride * elem;
+    double dot = 0;
+    for (int64_t c = 0; c < s.d; ++c) dot += load(q, c, s.bf16) * load(k, c, s.bf16);
+    double score = dot * s.scale;
+    if (s.bias) score += s.bias[i * s.bias_row_stride + j * s.bias_col_stride];
+    p[j] = hidden(s, i, j) ? -std::numeric_limits<double>::infinity() : score;
+    top = std::max(top, p[j]);
+  }
+  if (top == -std::numeric_limits<double>::infinity()) {
+    std::fill(p.begin(), p.end(), 0.0);
+    return top;
+  }
+  double total = 0;
+  for (double& x : p) total += (x = std::exp(x - top));
+  for (double& x : p) x /= total;
+  return top + std::log(total);
+}
+
+// One (batch, head) slice of the forward, every row, in double.
 void reference_slice(const kernels::AttentionSlice& s) {
   const int64_t elem = s.bf16 ? 2 : 4;
-  std::vector<double> scores(static_cast<size_t>(s.lk));
+  std::vector<double> p(static_cast<size_t>(s.lk));
   for (int64_t i = 0; i < s.lq; ++i) {
-    const char* q = static_cast<const char*>(s.q) + i * s.q_stride * elem;
-    double top = -std::numeric_limits<double>::infinity();
-    for (int64_t j = 0; j < s.lk; ++j) {
-      const char* k = static_cast<const char*>(s.k) + j * s.k_stride * elem;
-      const bool hidden =
-          (s.causal_diagonal != kernels::kNoCausal && j > i + s.causal_diagonal) ||
-          (s.key_padding && s.key_padding[j * s.key_padding_stride]) ||
-          (s.allowed && !s.allowed[i * s.allowed_row_stride + j * s.allowed_col_stride]);
-      double dot = 0;
-      for (int64_t c = 0; c < s.d; ++c) dot += load(q, c, s.bf16) * load(k, c, s.bf16);
-      double score = dot * s.scale;
-      if (s.bias) score += s.bias[i * s.bias_row_stride + j * s.bias_col_stride];
-      scores[j] = hidden ? -std::numeric_limits<double>::infinity() : score;
-      top = std::max(top, scores[j]);
-    }
+    const double lse = probabilities(s, i, p);
     float* out = s.o + i * s.o_stride;
-    if (top == -std::numeric_limits<double>::infinity()) {  // every key hidden
-      for (int64_t c = 0; c < s.dv; ++c) out[c] = 0.0f;
-      if (s.lse) s.lse[i] = -std::numeric_limits<float>::infinity();
-      continue;
-    }
-    double total = 0;
-    for (double& x : scores) total += (x = std::exp(x - top));
     for (int64_t c = 0; c < s.dv; ++c) {
       double acc = 0;
       for (int64_t j = 0; j < s.lk; ++j)
-        acc += scores[j] * load(static_cast<const char*>(s.v) + j * s.v_stride * elem, c, s.bf16);
-      out[c] = static_cast<float>(acc / total);
+        acc += p[j] * load(static_cast<const char*>(s.v) + j * s.v_stride * elem, c, s.bf16);
+      out[c] = static_cast<float>(acc);
     }
-    if (s.lse) s.lse[i] = static_cast<float>(top + std::log(total));
+    if (s.lse) s.lse[i] = static_cast<float>(lse);
   }
 }
 
@@ -64,6 +76,82 @@ AttentionResult attention_reference(const Tensor& q, const Tensor& k, const Tens
       reference_slice(plan.slice(bh / plan.heads, bh % plan.heads, result));
   });
   return result;
+}
+
+}  // namespace qkv
+
+namespace qkv {
+
+AttentionGradients attention_backward_reference(const Tensor& grad_output, const Tensor& q,
+                                                const Tensor& k, const Tensor& v,
+                                                const AttentionOptions& options,
+                                                bool mask_requires_grad) {
+  const char* op = "attention_backward_reference";
+  const detail::AttentionPlan plan = detail::plan_attention(q, k, v, options, op);
+  detail::check_backward_args(grad_output, AttentionResult{}, plan, options, mask_requires_grad, op);
+  AttentionGradients g = detail::allocate_gradients(q, k, v, plan, mask_requires_grad);
+  const Tensor dout = detail::like_bhld(grad_output.to(DType::f32), plan.layout);
+  const Tensor dq = detail::like_bhld(g.grad_q, plan.layout);
+  const Tensor dk = detail::like_bhld(g.grad_k, plan.layout);
+  const Tensor dv = detail::like_bhld(g.grad_v, plan.layout);
+  const AttentionResult unused = plan.make_result(false);
+  const int64_t group = plan.kv_heads > 0 ? plan.heads / plan.kv_heads : 0;
+  const int64_t elem = static_cast<int64_t>(dtype_size(plan.q.dtype()));
+  for (int64_t b = 0; b < plan.batch; ++b)
+    for (int64_t kv = 0; kv < plan.kv_heads; ++kv) {
+      std::vector<double> dk_acc(static_cast<size_t>(plan.lk * plan.d), 0.0);
+      std::vector<double> dv_acc(static_cast<size_t>(plan.lk * plan.dv), 0.0);
+      for (int64_t h = kv * group; h < (kv + 1) * group; ++h) {
+        const kernels::AttentionSlice s = plan.slice(b, h, unused);
+        auto qv = [&](int64_t i, int64_t c) {
+          return load(static_cast<const char*>(s.q) + i * s.q_stride * elem, c, s.bf16);
+        };
+        auto kval = [&](int64_t j, int64_t c) {
+          return load(static_cast<const char*>(s.k) + j * s.k_stride * elem, c, s.bf16);
+        };
+        auto vval = [&](int64_t j, int64_t c) {
+          return load(static_cast<const char*>(s.v) + j * s.v_stride * elem, c, s.bf16);
+        };
+        std::vector<double> p(static_cast<size_t>(plan.lk)), ds(static_cast<size_t>(plan.lk));
+        for (int64_t i = 0; i < plan.lq; ++i) {
+          probabilities(s, i, p);
+          const float* go = dout.data<float>() + b * dout.stride(0) + h * dout.stride(1) + i * dout.stride(2);
+          double delta = 0;
+          for (int64_t j = 0; j < plan.lk; ++j) {
+            double dp = 0;
+            for (int64_t c = 0; c < plan.dv; ++c) {
+              dp += go[c * dout.stride(3)] * vval(j, c);
+              dv_acc[j * plan.dv + c] += p[j] * go[c * dout.stride(3)];
+            }
+            ds[j] = dp;
+            delta += p[j] * dp;
+          }
+          for (int64_t j = 0; j < plan.lk; ++j) ds[j] = p[j] * (ds[j] - delta);
+          float* dq_row = dq.data<float>() + b * dq.stride(0) + h * dq.stride(1) + i * dq.stride(2);
+          for (int64_t c = 0; c < plan.d; ++c) {
+            double acc = 0;
+            for (int64_t j = 0; j < plan.lk; ++j) acc += ds[j] * kval(j, c);
+            dq_row[c * dq.stride(3)] = static_cast<float>(acc * s.scale);
+          }
+          for (int64_t j = 0; j < plan.lk; ++j) {
+            for (int64_t c = 0; c < plan.d; ++c) dk_acc[j * plan.d + c] += ds[j] * qv(i, c) * s.scale;
+            if (g.grad_mask.defined())
+              g.grad_mask.data<float>()[((b * plan.heads + h) * plan.lq + i) * plan.lk + j] =
+                  static_cast<float>(ds[j]);
+          }
+        }
+      }
+      for (int64_t j = 0; j < plan.lk; ++j) {
+        for (int64_t c = 0; c < plan.d; ++c)
+          dk.data<float>()[b * dk.stride(0) + kv * dk.stride(1) + j * dk.stride(2) + c * dk.stride(3)] =
+              static_cast<float>(dk_acc[j * plan.d + c]);
+        for (int64_t c = 0; c < plan.dv; ++c)
+          dv.data<float>()[b * dv.stride(0) + kv * dv.stride(1) + j * dv.stride(2) + c * dv.stride(3)] =
+              static_cast<float>(dv_acc[j * plan.dv + c]);
+      }
+    }
+  if (g.grad_mask.defined()) g.grad_mask = detail::reduce_to_shape(g.grad_mask, options.mask.shape());
+  return g;
 }
 
 }  // namespace qkv

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <limits>
 #include <string>
+#include <utility>
 
 #include "hwy/targets.h"
 #include "qkv/qkv.h"
@@ -76,6 +77,27 @@ void check_case(const Case& c, uint64_t seed) {
       ASSERT_EQ(lse[i], lse_want[i]) << describe(c) << " lse " << i;
     } else {
       ASSERT_NEAR(lse[i], lse_want[i], 1e-5 * (1 + std::abs(lse_want[i]))) << describe(c) << " lse " << i;
+    }
+  }
+
+  // Backward: the fused kernel (recomputing from the saved lse) against the oracle.
+  const Tensor grad_out = randn(fused.output.shape(), gen);
+  const bool bias_grad = options.mask.defined() && options.mask.dtype() != DType::boolean;
+  const AttentionGradients g = attention_backward(grad_out, q, k, v, fused, options, bias_grad);
+  const AttentionGradients r = attention_backward_reference(grad_out, q, k, v, options, bias_grad);
+  const std::pair<const Tensor*, const Tensor*> pairs[] = {
+      {&g.grad_q, &r.grad_q}, {&g.grad_k, &r.grad_k}, {&g.grad_v, &r.grad_v}, {&g.grad_mask, &r.grad_mask}};
+  const char* names[] = {"dq", "dk", "dv", "dmask"};
+  for (int t = 0; t < 4; ++t) {
+    if (!pairs[t].second->defined()) continue;
+    ASSERT_EQ(pairs[t].first->shape(), pairs[t].second->shape()) << describe(c) << names[t];
+    const auto got = pairs[t].first->to_values(), expect = pairs[t].second->to_values();
+    double scale_of = 1.0;  // terms are O(1): cancellation to 0 leaves f32 rounding
+    for (double x : expect) scale_of = std::max(scale_of, std::abs(x));
+    for (size_t i = 0; i < got.size(); ++i) {
+      ASSERT_FALSE(std::isnan(got[i])) << describe(c) << " " << names[t] << " " << i;
+      ASSERT_NEAR(got[i], expect[i], 5e-5 * scale_of * std::sqrt(static_cast<double>(std::max<int64_t>(c.lk, c.lq))))
+          << describe(c) << " " << names[t] << " " << i;
     }
   }
 }

@@ -37,9 +37,10 @@ namespace hn = hwy::HWY_NAMESPACE;
 inline constexpr int kTileVecs = HWY_TARGET <= HWY_AVX3 ? 4 : 2;
 inline constexpr int kTileRows = 4;
 
-// C[0:R, 0:V*Lanes] (+)= A[0:R, 0:k] B[0:k, 0:V*Lanes].
+// C[0:R, 0:V*Lanes] (+)= A[0:R, 0:k] B[0:k, 0:V*Lanes], A[r, p] at
+// a[r * a_row + p * a_col] (so A may be read transposed), B and C row-major.
 template <int R, int V>
-HWY_INLINE void MicroTile(DF d, const float* HWY_RESTRICT a, size_t lda,
+HWY_INLINE void MicroTile(DF d, const float* HWY_RESTRICT a, size_t a_row, size_t a_col,
                           const float* HWY_RESTRICT b, size_t ldb, float* HWY_RESTRICT c,
                           size_t ldc, size_t k, bool accumulate) {
   const size_t lanes = hn::Lanes(d);
@@ -51,7 +52,7 @@ HWY_INLINE void MicroTile(DF d, const float* HWY_RESTRICT a, size_t lda,
     VF bv[V];
     for (int v = 0; v < V; ++v) bv[v] = hn::LoadU(d, b + p * ldb + v * lanes);
     for (int r = 0; r < R; ++r) {
-      const VF av = hn::Set(d, a[r * lda + p]);
+      const VF av = hn::Set(d, a[r * a_row + p * a_col]);
       for (int v = 0; v < V; ++v) acc[r][v] = hn::MulAdd(av, bv[v], acc[r][v]);
     }
   }
@@ -62,22 +63,27 @@ HWY_INLINE void MicroTile(DF d, const float* HWY_RESTRICT a, size_t lda,
 // C[m, n] (+)= A[m, k] B[k, n] with n a multiple of Lanes. Column panels
 // outside, rows inside, so each panel of B stays in L1 across all rows.
 template <int V>
-HWY_INLINE void GemmPanel(DF d, const float* a, size_t lda, const float* b, size_t ldb, float* c,
-                          size_t ldc, size_t m, size_t k, bool accumulate) {
+HWY_INLINE void GemmPanel(DF d, const float* a, size_t a_row, size_t a_col, const float* b,
+                          size_t ldb, float* c, size_t ldc, size_t m, size_t k, bool accumulate) {
   size_t i = 0;
   for (; i + kTileRows <= m; i += kTileRows)
-    MicroTile<kTileRows, V>(d, a + i * lda, lda, b, ldb, c + i * ldc, ldc, k, accumulate);
-  for (; i < m; ++i) MicroTile<1, V>(d, a + i * lda, lda, b, ldb, c + i * ldc, ldc, k, accumulate);
+    MicroTile<kTileRows, V>(d, a + i * a_row, a_row, a_col, b, ldb, c + i * ldc, ldc, k,
+                            accumulate);
+  for (; i < m; ++i)
+    MicroTile<1, V>(d, a + i * a_row, a_row, a_col, b, ldb, c + i * ldc, ldc, k, accumulate);
 }
 
-HWY_INLINE void Gemm(const float* a, size_t lda, const float* b, size_t ldb, float* c, size_t ldc,
-                     size_t m, size_t n, size_t k, bool accumulate) {
+// A is [m, k] with element (r, p) at a[r * a_row + p * a_col]: (lda, 1) for A,
+// (1, lda) for the transpose of a row-major [k, m] matrix.
+HWY_INLINE void Gemm(const float* a, size_t a_row, size_t a_col, const float* b, size_t ldb,
+                     float* c, size_t ldc, size_t m, size_t n, size_t k, bool accumulate) {
   const DF d;
   const size_t lanes = hn::Lanes(d);
   size_t j = 0;
   for (; j + kTileVecs * lanes <= n; j += kTileVecs * lanes)
-    GemmPanel<kTileVecs>(d, a, lda, b + j, ldb, c + j, ldc, m, k, accumulate);
-  for (; j < n; j += lanes) GemmPanel<1>(d, a, lda, b + j, ldb, c + j, ldc, m, k, accumulate);
+    GemmPanel<kTileVecs>(d, a, a_row, a_col, b + j, ldb, c + j, ldc, m, k, accumulate);
+  for (; j < n; j += lanes)
+    GemmPanel<1>(d, a, a_row, a_col, b + j, ldb, c + j, ldc, m, k, accumulate);
 }
 
 // Element i of a row of f32 or bf16 values, as f32.
@@ -87,6 +93,51 @@ HWY_INLINE float LoadElement(const void* row, size_t i, bool bf16) {
 }
 
 HWY_INLINE size_t RoundUp(size_t n, size_t multiple) { return (n + multiple - 1) / multiple * multiple; }
+
+// Regions carved from the caller's workspace, each 64-byte aligned.
+class Scratch {
+ public:
+  explicit Scratch(float* workspace) : cursor_(workspace) {}
+  float* take(size_t floats) {
+    float* p = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(cursor_) + 63) & ~uintptr_t{63});
+    cursor_ = p + floats;
+    return p;
+  }
+
+ private:
+  float* cursor_;
+};
+
+// dst[r, c] = scale * src[r, c] for r < rows, c < cols (src rows `stride`
+// elements apart, f32 or bf16); zeros in columns [cols, ld) and rows
+// [rows, rows_padded), so padded vectors contribute nothing.
+HWY_INLINE void PackRows(const void* src, int64_t stride, bool bf16, size_t rows, size_t cols,
+                         float scale, float* dst, size_t ld, size_t rows_padded) {
+  const size_t elem = bf16 ? 2 : 4;
+  for (size_t r = 0; r < rows; ++r) {
+    const char* row = static_cast<const char*>(src) + static_cast<int64_t>(r) * stride * elem;
+    float* out = dst + r * ld;
+    for (size_t c = 0; c < cols; ++c) out[c] = LoadElement(row, c, bf16) * scale;
+    std::fill(out + cols, out + ld, 0.0f);
+  }
+  std::fill(dst + rows * ld, dst + rows_padded * ld, 0.0f);
+}
+
+// dst[c, r] = src[r, c]: the transpose, with zeros in columns [rows, ld).
+HWY_INLINE void PackColumns(const void* src, int64_t stride, bool bf16, size_t rows, size_t cols,
+                            float* dst, size_t ld) {
+  const size_t elem = bf16 ? 2 : 4;
+  for (size_t r = 0; r < rows; ++r) {
+    const char* row = static_cast<const char*>(src) + static_cast<int64_t>(r) * stride * elem;
+    for (size_t c = 0; c < cols; ++c) dst[c * ld + r] = LoadElement(row, c, bf16);
+  }
+  for (size_t c = 0; c < cols; ++c) std::fill(dst + c * ld + rows, dst + (c + 1) * ld, 0.0f);
+}
+
+// Row `r` of a slice's q / k / v (element offset applied, f32 or bf16).
+HWY_INLINE const void* RowOf(const void* base, int64_t row, int64_t stride, bool bf16) {
+  return static_cast<const char*>(base) + row * stride * (bf16 ? 2 : 4);
+}
 
 // Writes -inf into s[i, j] (block coordinates) wherever key j0 + j is hidden from
 // query r0 + i; returns false when every entry of the block is hidden.
@@ -129,28 +180,20 @@ HWY_NOINLINE void FlashAttentionForwardImpl(const AttentionSlice& sl, int64_t ro
   const size_t dvp = RoundUp(static_cast<size_t>(sl.dv), 16);
   const size_t bcp = static_cast<size_t>(kAttentionKeyBlock);  // a multiple of every Lanes
 
-  // Scratch layout, each region 64-byte aligned: q tile, k^T block, v block,
-  // scores / probabilities, output accumulator, running max and sum.
-  float* cursor = workspace;
-  auto take = [&cursor](size_t floats) {
-    float* p = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(cursor) + 63) & ~uintptr_t{63});
-    cursor = p + floats;
-    return p;
-  };
-  float* qt = take(kAttentionRowTile * dim);
-  float* kt = take(dim * bcp);
-  float* vb = take(bcp * dvp);
-  float* s = take(kAttentionRowTile * bcp);
-  float* acc = take(kAttentionRowTile * dvp);
-  float* m = take(kAttentionRowTile);
-  float* l = take(kAttentionRowTile);
+  // Scratch: q tile, k^T block, v block, scores / probabilities, output
+  // accumulator, running max and sum.
+  Scratch scratch(workspace);
+  float* qt = scratch.take(kAttentionRowTile * dim);
+  float* kt = scratch.take(dim * bcp);
+  float* vb = scratch.take(bcp * dvp);
+  float* s = scratch.take(kAttentionRowTile * bcp);
+  float* acc = scratch.take(kAttentionRowTile * dvp);
+  float* m = scratch.take(kAttentionRowTile);
+  float* l = scratch.take(kAttentionRowTile);
 
   // The scale is folded into q once, not applied to every score.
-  for (int64_t i = 0; i < rows; ++i) {
-    const char* q_row = static_cast<const char*>(sl.q) +
-                        (row_begin + i) * sl.q_stride * (sl.bf16 ? 2 : 4);
-    for (size_t c = 0; c < dim; ++c) qt[i * dim + c] = LoadElement(q_row, c, sl.bf16) * sl.scale;
-  }
+  PackRows(RowOf(sl.q, row_begin, sl.q_stride, sl.bf16), sl.q_stride, sl.bf16,
+           static_cast<size_t>(rows), dim, sl.scale, qt, dim, static_cast<size_t>(rows));
   std::fill(acc, acc + rows * dvp, 0.0f);
   std::fill(m, m + rows, kMinusInf);
   std::fill(l, l + rows, 0.0f);
@@ -159,25 +202,16 @@ HWY_NOINLINE void FlashAttentionForwardImpl(const AttentionSlice& sl, int64_t ro
   int64_t key_end = sl.lk;
   if (sl.causal_diagonal != kNoCausal)
     key_end = std::clamp<int64_t>(row_end - 1 + sl.causal_diagonal + 1, 0, sl.lk);
-  const size_t elem = sl.bf16 ? 2 : 4;
   for (int64_t j0 = 0; j0 < key_end; j0 += kAttentionKeyBlock) {
     const int64_t bc = std::min<int64_t>(kAttentionKeyBlock, key_end - j0);
     const size_t n = RoundUp(static_cast<size_t>(bc), lanes);
     // Pack k^T and v for the block; columns / rows past bc are zero.
-    for (int64_t j = 0; j < bc; ++j) {
-      const char* k_row = static_cast<const char*>(sl.k) + (j0 + j) * sl.k_stride * elem;
-      for (size_t c = 0; c < dim; ++c) kt[c * bcp + j] = LoadElement(k_row, c, sl.bf16);
-      const char* v_row = static_cast<const char*>(sl.v) + (j0 + j) * sl.v_stride * elem;
-      float* vrow = vb + j * dvp;
-      for (int64_t c = 0; c < sl.dv; ++c) vrow[c] = LoadElement(v_row, static_cast<size_t>(c), sl.bf16);
-      std::fill(vrow + sl.dv, vrow + dvp, 0.0f);
-    }
-    for (size_t j = static_cast<size_t>(bc); j < n; ++j) {
-      for (size_t c = 0; c < dim; ++c) kt[c * bcp + j] = 0.0f;
-      std::fill(vb + j * dvp, vb + (j + 1) * dvp, 0.0f);
-    }
+    PackColumns(RowOf(sl.k, j0, sl.k_stride, sl.bf16), sl.k_stride, sl.bf16,
+                static_cast<size_t>(bc), dim, kt, bcp);
+    PackRows(RowOf(sl.v, j0, sl.v_stride, sl.bf16), sl.v_stride, sl.bf16, static_cast<size_t>(bc),
+             static_cast<size_t>(sl.dv), 1.0f, vb, dvp, n);
 
-    Gemm(qt, dim, kt, bcp, s, bcp, static_cast<size_t>(rows), n, dim, /*accumulate=*/false);
+    Gemm(qt, dim, 1, kt, bcp, s, bcp, static_cast<size_t>(rows), n, dim, /*accumulate=*/false);
     const bool masked = sl.allowed != nullptr || sl.bias != nullptr || sl.key_padding != nullptr ||
                         (sl.causal_diagonal != kNoCausal && j0 + bc - 1 > row_begin + sl.causal_diagonal);
     if (masked && !ApplyMasks(sl, row_begin, rows, j0, bc, s, bcp)) continue;  // whole block hidden
@@ -209,7 +243,7 @@ HWY_NOINLINE void FlashAttentionForwardImpl(const AttentionSlice& sl, int64_t ro
         for (size_t c = 0; c < dvp; c += lanes) hn::Store(hn::Mul(hn::Load(d, o + c), va), d, o + c);
       }
     }
-    Gemm(s, bcp, vb, dvp, acc, dvp, static_cast<size_t>(rows), dvp, n, /*accumulate=*/true);
+    Gemm(s, bcp, 1, vb, dvp, acc, dvp, static_cast<size_t>(rows), dvp, n, /*accumulate=*/true);
   }
 
   for (int64_t i = 0; i < rows; ++i) {

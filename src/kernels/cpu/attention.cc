@@ -6,6 +6,7 @@
 #include "hwy/foreach_target.h"  // IWYU pragma: keep
 #include "hwy/highway.h"
 #include "kernels/cpu/attention-inl.h"
+#include "kernels/cpu/attention_backward-inl.h"
 
 #if HWY_ONCE
 #include "kernels/cpu/attention.h"
@@ -13,6 +14,7 @@
 namespace qkv::kernels {
 
 HWY_EXPORT(FlashAttentionForwardImpl);
+HWY_EXPORT(FlashAttentionBackwardImpl);
 
 size_t AttentionWorkspaceFloats(int64_t d, int64_t dv) {
   // Padded to whole vectors of the widest target (16 floats); see the layout
@@ -25,6 +27,21 @@ size_t AttentionWorkspaceFloats(int64_t d, int64_t dv) {
 void FlashAttentionForward(const AttentionSlice& slice, int64_t row_begin, int64_t row_end,
                            float* workspace) {
   HWY_DYNAMIC_DISPATCH(FlashAttentionForwardImpl)(slice, row_begin, row_end, workspace);
+}
+
+size_t AttentionBackwardWorkspaceFloats(int64_t d, int64_t dv, int64_t lq, int64_t heads) {
+  const int64_t dp = (d + 15) / 16 * 16, dvp = (dv + 15) / 16 * 16;
+  const int64_t br = kAttentionRowTile, bc = kAttentionKeyBlock;
+  const int64_t blocks = d * bc + bc * dp + dv * bc + br * d + br * dp + br * dvp + 2 * br * bc +
+                         bc * dp + bc * dvp;
+  return static_cast<size_t>(blocks + heads * lq * (dp + 1) + 16 * 64);  // + alignment slack
+}
+
+void FlashAttentionBackward(const AttentionGradSlice* heads, int64_t count, float* grad_k,
+                            int64_t grad_k_stride, float* grad_v, int64_t grad_v_stride,
+                            float* workspace) {
+  HWY_DYNAMIC_DISPATCH(FlashAttentionBackwardImpl)(heads, count, grad_k, grad_k_stride, grad_v,
+                                                   grad_v_stride, workspace);
 }
 
 }  // namespace qkv::kernels

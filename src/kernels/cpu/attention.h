@@ -47,4 +47,25 @@ size_t AttentionWorkspaceFloats(int64_t d, int64_t dv);
 void FlashAttentionForward(const AttentionSlice& slice, int64_t row_begin, int64_t row_end,
                            float* workspace);
 
+// The backward of one query head (FlashAttention-2's: recompute the
+// probabilities from the saved log-sum-exp, never store them).
+struct AttentionGradSlice {
+  AttentionSlice forward;  // q, k, v, masks as in the forward; o and lse are read
+  const float* grad_out = nullptr;  // dO [lq, dv]
+  int64_t grad_out_stride = 0;
+  float* grad_q = nullptr;  // dQ [lq, d], overwritten
+  int64_t grad_q_stride = 0;
+  float* grad_bias = nullptr;  // d(bias) [lq, lk], or null; entries of visible pairs written
+  int64_t grad_bias_stride = 0;
+};
+
+// Floats of scratch for a group of `heads` query heads sharing one K/V head.
+size_t AttentionBackwardWorkspaceFloats(int64_t d, int64_t dv, int64_t lq, int64_t heads);
+
+// The query heads heads[0, count) share k and v: their dQ are written and the
+// sum of their dK, dV contributions overwrites grad_k [lk, d] / grad_v [lk, dv].
+void FlashAttentionBackward(const AttentionGradSlice* heads, int64_t count, float* grad_k,
+                            int64_t grad_k_stride, float* grad_v, int64_t grad_v_stride,
+                            float* workspace);
+
 }  // namespace qkv::kernels
