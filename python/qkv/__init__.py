@@ -22,6 +22,7 @@ from ._qkv import (  # noqa: F401
     add,
     arange,
     attention,
+    attention_backward,
     empty,
     exp,
     from_dlpack,

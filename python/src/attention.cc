@@ -2,6 +2,7 @@
 #include <nanobind/stl/optional.h>
 #include <nanobind/stl/pair.h>
 #include <nanobind/stl/string.h>
+#include <nanobind/stl/tuple.h>
 
 #include <optional>
 #include <string>
@@ -63,6 +64,46 @@ void bind_attention(nb::module_& m) {
       "bias, broadcastable to [B, Hq, Lq, Lk]; key_padding_mask: bool [B, Lk], True = padding. "
       "A fully masked row gives 0 (log-sum-exp -inf). Returns the f32 output, or (output, lse) "
       "with return_lse. reference=True runs the double-precision oracle instead.");
+}
+
+
+void bind_attention_backward(nb::module_& m) {
+  m.def(
+      "attention_backward",
+      [](const Tensor& grad_output, const Tensor& q, const Tensor& k, const Tensor& v,
+         std::optional<Tensor> output, std::optional<Tensor> lse, std::optional<double> scale,
+         nb::handle causal, std::optional<Tensor> mask, std::optional<Tensor> key_padding_mask,
+         const std::string& layout, bool mask_requires_grad, bool reference) {
+        AttentionOptions options{.layout = parse_layout(layout),
+                                 .scale = scale,
+                                 .causal = parse_causal(causal),
+                                 .mask = mask.value_or(Tensor()),
+                                 .key_padding_mask = key_padding_mask.value_or(Tensor())};
+        AttentionGradients g;
+        {
+          nb::gil_scoped_release release;
+          if (reference) {
+            g = attention_backward_reference(grad_output, q, k, v, options, mask_requires_grad);
+          } else {
+            const AttentionResult saved{output.value_or(Tensor()), lse.value_or(Tensor())};
+            g = qkv::attention_backward(grad_output, q, k, v, saved, options, mask_requires_grad);
+          }
+        }
+        nb::dict grads;
+        grads["q"] = g.grad_q;
+        grads["k"] = g.grad_k;
+        grads["v"] = g.grad_v;
+        grads["mask"] = g.grad_mask.defined() ? nb::cast(g.grad_mask) : nb::none();
+        return grads;
+      },
+      nb::arg("grad_output"), nb::arg("q"), nb::arg("k"), nb::arg("v"),
+      nb::arg("output") = nb::none(), nb::arg("lse") = nb::none(), nb::arg("scale") = nb::none(),
+      nb::arg("causal") = false, nb::arg("mask") = nb::none(),
+      nb::arg("key_padding_mask") = nb::none(), nb::arg("layout") = "bhld",
+      nb::arg("mask_requires_grad") = false, nb::arg("reference") = false,
+      "Gradients of attention(): a dict with 'q', 'k', 'v' (f32, shaped like the inputs) and "
+      "'mask' (the additive mask's gradient when mask_requires_grad). Pass the forward's output "
+      "and lse (attention(..., return_lse=True)); reference=True recomputes in double instead.");
 }
 
 }  // namespace qkv::python

@@ -22,5 +22,6 @@ void bind_tensor(nb::module_& m);
 void bind_ops(nb::module_& m);
 void bind_io(nb::module_& m);
 void bind_attention(nb::module_& m);
+void bind_attention_backward(nb::module_& m);
 
 }  // namespace qkv::python

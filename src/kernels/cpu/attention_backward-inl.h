@@ -65,9 +65,10 @@ HWY_NOINLINE void FlashAttentionBackwardImpl(const AttentionGradSlice* heads, in
     for (int64_t i = 0; i < lq; ++i) {
       const float* grad_row = g.grad_out + i * g.grad_out_stride;
       const float* out_row = g.forward.o + i * g.forward.o_stride;
-      float dot = 0;
-      for (size_t c = 0; c < dv; ++c) dot += grad_row[c] * out_row[c];
-      delta[h * lq + i] = dot;
+      // In double: delta enters every dS of the row, so its rounding would too.
+      double dot = 0;
+      for (size_t c = 0; c < dv; ++c) dot += static_cast<double>(grad_row[c]) * out_row[c];
+      delta[h * lq + i] = static_cast<float>(dot);
     }
   }
   std::fill(dq, dq + static_cast<size_t>(count * lq) * dp, 0.0f);
