@@ -33,12 +33,23 @@ struct AttentionOptions {
   // [B, Lk] boolean, true = padding, never attended (torch.nn.MultiheadAttention's
   // key_padding_mask convention).
   Tensor key_padding_mask;
+  // Dropout on the attention weights (training): each weight is zeroed with
+  // probability `dropout` and the kept ones scaled by 1 / (1 - dropout). The
+  // mask is a pure function of (dropout_seed, batch, head, query, key), so a
+  // seed reproduces it exactly, in the backward too; see attention_dropout_mask.
+  double dropout = 0.0;
+  uint64_t dropout_seed = 0;
   bool return_lse = false;  // per-row log-sum-exp of the scaled, masked scores
+  // Query heads whose attention weights to return (before dropout). The fused
+  // path recomputes them from the log-sum-exp, so only these heads get an
+  // Lq x Lk buffer.
+  std::vector<int64_t> weights_heads;
 };
 
 struct AttentionResult {
   Tensor output;  // f32, q's layout: [B, Hq, Lq, Dv] or [B, Lq, Hq, Dv]
   Tensor lse;     // f32 [B, Hq, Lq] when asked for; -inf for a fully masked row
+  Tensor weights;  // f32 [B, len(weights_heads), Lq, Lk] when asked for
 };
 
 // The fused kernel: tiled with an online softmax, O(L) extra memory, masked
@@ -71,5 +82,10 @@ AttentionGradients attention_backward_reference(const Tensor& grad_output, const
                                                 const Tensor& k, const Tensor& v,
                                                 const AttentionOptions& options = {},
                                                 bool mask_requires_grad = false);
+
+// The dropout mask attention() applies for these options (true = kept), as a
+// bool [B, Hq, Lq, Lk] tensor: for tests and for reproducing a training step.
+Tensor attention_dropout_mask(int64_t batch, int64_t heads, int64_t lq, int64_t lk, double dropout,
+                              uint64_t seed);
 
 }  // namespace qkv

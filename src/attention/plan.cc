@@ -69,6 +69,15 @@ AttentionPlan plan_attention(const Tensor& q_in, const Tensor& k_in, const Tenso
   if (options.causal == Causal::top_left) p.causal_diagonal = 0;
   if (options.causal == Causal::bottom_right) p.causal_diagonal = p.lk - p.lq;
 
+  QKV_CHECK(options.dropout >= 0.0 && options.dropout < 1.0, op,
+            ": dropout must be in [0, 1), got ", options.dropout);
+  p.dropout = static_cast<float>(options.dropout);
+  p.dropout_seed = options.dropout_seed;
+  for (int64_t h : options.weights_heads)
+    QKV_CHECK(h >= 0 && h < p.heads, op, ": weights_heads has head ", h, "; q has ", p.heads,
+              " heads");
+  p.weights_heads = options.weights_heads;
+
   const Shape scores{p.batch, p.heads, p.lq, p.lk};
   if (options.mask.defined()) {
     const Tensor& mask = options.mask;
@@ -103,6 +112,8 @@ AttentionResult AttentionPlan::make_result(bool with_lse) const {
                                                       : Shape{batch, lq, heads, dv};
   r.output = Tensor::zeros(shape, DType::f32);
   if (with_lse) r.lse = Tensor::full({batch, heads, lq}, -INFINITY, DType::f32);
+  if (!weights_heads.empty())
+    r.weights = Tensor::zeros({batch, static_cast<int64_t>(weights_heads.size()), lq, lk});
   return r;
 }
 
@@ -150,6 +161,9 @@ kernels::AttentionSlice AttentionPlan::slice(int64_t b, int64_t h, const Attenti
     s.key_padding_stride = key_padding.stride(1);
   }
   s.causal_diagonal = causal_diagonal;
+  s.dropout = dropout;
+  s.dropout_seed = dropout_seed;
+  s.dropout_stream = static_cast<uint64_t>(b * heads + h);
   return s;
 }
 

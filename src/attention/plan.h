@@ -3,6 +3,8 @@
 // fused kernel and the oracle read the same arguments the same way.
 #pragma once
 
+#include <vector>
+
 #include "kernels/cpu/attention.h"
 #include "qkv/attention.h"
 
@@ -19,8 +21,12 @@ struct AttentionPlan {
   int64_t batch = 0, heads = 0, kv_heads = 0, lq = 0, lk = 0, d = 0, dv = 0;
   float scale = 1.0f;
   int64_t causal_diagonal = kernels::kNoCausal;
+  float dropout = 0.0f;
+  uint64_t dropout_seed = 0;
+  std::vector<int64_t> weights_heads;
 
-  // Zero-filled output in q's layout (and log-sum-exp [B, Hq, Lq] if asked).
+  // Zero-filled output in q's layout, log-sum-exp [B, Hq, Lq] if asked, and
+  // the weights of weights_heads.
   AttentionResult make_result(bool with_lse) const;
   // The output viewed as [B, H, L, Dv].
   static Tensor output_bhld(const AttentionResult& result, AttentionLayout layout);

@@ -54,6 +54,8 @@ void reference_slice(const kernels::AttentionSlice& s) {
   std::vector<double> p(static_cast<size_t>(s.lk));
   for (int64_t i = 0; i < s.lq; ++i) {
     const double lse = probabilities(s, i, p);
+    if (s.dropout > 0)
+      for (int64_t j = 0; j < s.lk; ++j) p[j] = kernels::DropoutKeep(s, i, j) ? p[j] / (1.0 - s.dropout) : 0.0;
     float* out = s.o + i * s.o_stride;
     for (int64_t c = 0; c < s.dv; ++c) {
       double acc = 0;
@@ -75,6 +77,17 @@ AttentionResult attention_reference(const Tensor& q, const Tensor& k, const Tens
     for (int64_t bh = begin; bh < end; ++bh)
       reference_slice(plan.slice(bh / plan.heads, bh % plan.heads, result));
   });
+  const int64_t count = static_cast<int64_t>(plan.weights_heads.size());
+  std::vector<double> p(static_cast<size_t>(plan.lk));
+  for (int64_t b = 0; b < plan.batch; ++b)
+    for (int64_t w = 0; w < count; ++w) {
+      const kernels::AttentionSlice s = plan.slice(b, plan.weights_heads[w], result);
+      float* out = result.weights.data<float>() + (b * count + w) * plan.lq * plan.lk;
+      for (int64_t i = 0; i < plan.lq; ++i) {
+        probabilities(s, i, p);
+        for (int64_t j = 0; j < plan.lk; ++j) out[i * plan.lk + j] = static_cast<float>(p[j]);
+      }
+    }
   return result;
 }
 
@@ -118,13 +131,15 @@ AttentionGradients attention_backward_reference(const Tensor& grad_output, const
           const float* go = dout.data<float>() + b * dout.stride(0) + h * dout.stride(1) + i * dout.stride(2);
           double delta = 0;
           for (int64_t j = 0; j < plan.lk; ++j) {
+            // The weight that multiplied v_j, and d(loss)/d(P_ij) through it.
+            const double keep = s.dropout > 0 ? (kernels::DropoutKeep(s, i, j) ? 1.0 / (1.0 - s.dropout) : 0.0) : 1.0;
             double dp = 0;
             for (int64_t c = 0; c < plan.dv; ++c) {
               dp += go[c * dout.stride(3)] * vval(j, c);
-              dv_acc[j * plan.dv + c] += p[j] * go[c * dout.stride(3)];
+              dv_acc[j * plan.dv + c] += p[j] * keep * go[c * dout.stride(3)];
             }
-            ds[j] = dp;
-            delta += p[j] * dp;
+            ds[j] = dp * keep;
+            delta += p[j] * ds[j];
           }
           for (int64_t j = 0; j < plan.lk; ++j) ds[j] = p[j] * (ds[j] - delta);
           float* dq_row = dq.data<float>() + b * dq.stride(0) + h * dq.stride(1) + i * dq.stride(2);

@@ -19,12 +19,13 @@ struct Case {
   Causal causal = Causal::none;
   std::string mask;  // "", "bool", "bias", "padding"
   DType dtype = DType::f32;
+  double dropout = 0.0;
 };
 
 std::string describe(const Case& c) {
   return detail::str("B", c.b, " Hq", c.hq, " Hkv", c.hkv, " Lq", c.lq, " Lk", c.lk, " D", c.d,
                      " Dv", c.dv, c.layout == AttentionLayout::blhd ? " blhd" : " bhld",
-                     " causal", static_cast<int>(c.causal), " mask '", c.mask, "' ",
+                     " causal", static_cast<int>(c.causal), " mask '", c.mask, "' dropout ", c.dropout, " ",
                      dtype_name(c.dtype), " target ", hwy::TargetName(hwy::SupportedTargets() & -hwy::SupportedTargets()));
 }
 
@@ -38,7 +39,12 @@ void check_case(const Case& c, uint64_t seed) {
   Generator gen(seed);
   const Tensor q = make(c, c.hq, c.lq, c.d, gen), k = make(c, c.hkv, c.lk, c.d, gen),
                v = make(c, c.hkv, c.lk, c.dv, gen);
-  AttentionOptions options{.layout = c.layout, .causal = c.causal, .return_lse = true};
+  AttentionOptions options{.layout = c.layout,
+                           .causal = c.causal,
+                           .dropout = c.dropout,
+                           .dropout_seed = seed * 7919,
+                           .return_lse = true,
+                           .weights_heads = {0, c.hq - 1}};
   if (c.mask == "bool") {
     Tensor m = rand({c.b, 1, c.lq, c.lk}, gen);  // broadcast over heads
     Tensor allowed = Tensor::empty(m.shape(), DType::boolean);
@@ -71,6 +77,10 @@ void check_case(const Case& c, uint64_t seed) {
   if (c.lq > 0 && c.lk > 0 && c.dv > 0) {
     ASSERT_GT(largest, 0.1) << describe(c);  // not vacuous
   }
+  const auto weights = fused.weights.to_values(), weights_want = ref.weights.to_values();
+  ASSERT_EQ(fused.weights.shape(), (Shape{c.b, 2, c.lq, c.lk})) << describe(c);
+  for (size_t i = 0; i < weights.size(); ++i)
+    ASSERT_NEAR(weights[i], weights_want[i], 2e-6) << describe(c) << " weights " << i;
   const auto lse = fused.lse.to_values(), lse_want = ref.lse.to_values();
   for (size_t i = 0; i < lse.size(); ++i) {
     if (std::isinf(lse_want[i])) {
@@ -124,6 +134,8 @@ TEST_P(AttentionTargets, FusedMatchesReference) {
       {2, 2, 1, 66, 100, 64, 64, AttentionLayout::blhd, Causal::none, "padding"},
       {1, 2, 2, 100, 100, 256, 256},
       {2, 2, 2, 50, 70, 64, 64, AttentionLayout::bhld, Causal::top_left, "", DType::bf16},
+      {2, 4, 2, 70, 90, 32, 32, AttentionLayout::bhld, Causal::none, "bias", DType::f32, 0.3},
+      {1, 2, 2, 65, 129, 64, 64, AttentionLayout::blhd, Causal::top_left, "bool", DType::f32, 0.1},
   };
   uint64_t seed = 1;
   for (const Case& c : cases) check_case(c, seed++);
@@ -155,6 +167,19 @@ TEST(Attention, EmptyAndHugeLogits) {
     ASSERT_TRUE(std::isfinite(fused[i]));
     ASSERT_NEAR(fused[i], ref[i], 1e-4);
   }
+}
+
+TEST(Attention, DropoutMaskIsSeededAndHasTheRightRate) {
+  const Tensor a = attention_dropout_mask(2, 3, 64, 128, 0.25, 11);
+  const Tensor b = attention_dropout_mask(2, 3, 64, 128, 0.25, 11);
+  const Tensor c = attention_dropout_mask(2, 3, 64, 128, 0.25, 12);
+  EXPECT_EQ(a.to_values(), b.to_values());
+  EXPECT_NE(a.to_values(), c.to_values());
+  double kept = 0;
+  for (double x : a.to_values()) kept += x;
+  EXPECT_NEAR(kept / a.numel(), 0.75, 0.01);
+  // Heads draw different masks.
+  EXPECT_NE(a.select(1, 0).to_values(), a.select(1, 1).to_values());
 }
 
 TEST(Attention, ErrorsNameTheArgument) {

@@ -170,6 +170,46 @@ HWY_INLINE bool ApplyMasks(const AttentionSlice& sl, int64_t r0, int64_t rows, i
   return any_visible;
 }
 
+// S = (scale q) k^T for query rows [r0, r0 + rows) against keys [j0, j0 + bc)
+// (qs: the scaled q tile, kt: the packed k^T block, n = bc rounded to whole
+// vectors), masked. False when every entry is hidden: the block is skipped.
+HWY_INLINE bool ScoreBlock(const AttentionSlice& sl, const float* qs, const float* kt, int64_t r0,
+                           int64_t rows, int64_t j0, int64_t bc, size_t n, float* s) {
+  const size_t dim = static_cast<size_t>(sl.d), bcp = static_cast<size_t>(kAttentionKeyBlock);
+  Gemm(qs, dim, 1, kt, bcp, s, bcp, static_cast<size_t>(rows), n, dim, /*accumulate=*/false);
+  const bool masked =
+      sl.allowed != nullptr || sl.bias != nullptr || sl.key_padding != nullptr ||
+      (sl.causal_diagonal != kNoCausal && j0 + bc - 1 > r0 + sl.causal_diagonal);
+  return !masked || ApplyMasks(sl, r0, rows, j0, bc, s, bcp);
+}
+
+// The last key any of query rows [.., row_end) may see, plus one.
+HWY_INLINE int64_t KeyEnd(const AttentionSlice& sl, int64_t row_end) {
+  if (sl.causal_diagonal == kNoCausal) return sl.lk;
+  return std::clamp<int64_t>(row_end - 1 + sl.causal_diagonal + 1, 0, sl.lk);
+}
+
+// P = exp(S - lse) for one row of n entries (the first bc real); a row whose
+// lse is -inf (nothing visible) is all zeros.
+HWY_INLINE void ProbabilitiesFromLse(DF d, float* row, float lse, int64_t bc, size_t n) {
+  constexpr float kMinusInf = -std::numeric_limits<float>::infinity();
+  if (lse == kMinusInf) {
+    std::fill(row, row + n, 0.0f);
+    return;
+  }
+  for (size_t j = static_cast<size_t>(bc); j < n; ++j) row[j] = kMinusInf;
+  const VF shift = hn::Set(d, lse);
+  for (size_t j = 0; j < n; j += hn::Lanes(d))
+    hn::Store(ExpF(d, hn::Sub(hn::Load(d, row + j), shift)), d, row + j);
+}
+
+// Zeroes the dropped weights of a row and scales the kept ones by 1 / (1 - p).
+HWY_INLINE void ApplyDropout(const AttentionSlice& sl, int64_t i, int64_t j0, int64_t bc,
+                             const float* p, float* out) {
+  const float keep_scale = 1.0f / (1.0f - sl.dropout);
+  for (int64_t j = 0; j < bc; ++j) out[j] = DropoutKeep(sl, i, j0 + j) ? p[j] * keep_scale : 0.0f;
+}
+
 HWY_NOINLINE void FlashAttentionForwardImpl(const AttentionSlice& sl, int64_t row_begin,
                                             int64_t row_end, float* workspace) {
   const DF d;
@@ -199,9 +239,7 @@ HWY_NOINLINE void FlashAttentionForwardImpl(const AttentionSlice& sl, int64_t ro
   std::fill(l, l + rows, 0.0f);
 
   // Keys past the last row's causal diagonal are hidden from the whole tile.
-  int64_t key_end = sl.lk;
-  if (sl.causal_diagonal != kNoCausal)
-    key_end = std::clamp<int64_t>(row_end - 1 + sl.causal_diagonal + 1, 0, sl.lk);
+  const int64_t key_end = KeyEnd(sl, row_end);
   for (int64_t j0 = 0; j0 < key_end; j0 += kAttentionKeyBlock) {
     const int64_t bc = std::min<int64_t>(kAttentionKeyBlock, key_end - j0);
     const size_t n = RoundUp(static_cast<size_t>(bc), lanes);
@@ -211,10 +249,7 @@ HWY_NOINLINE void FlashAttentionForwardImpl(const AttentionSlice& sl, int64_t ro
     PackRows(RowOf(sl.v, j0, sl.v_stride, sl.bf16), sl.v_stride, sl.bf16, static_cast<size_t>(bc),
              static_cast<size_t>(sl.dv), 1.0f, vb, dvp, n);
 
-    Gemm(qt, dim, 1, kt, bcp, s, bcp, static_cast<size_t>(rows), n, dim, /*accumulate=*/false);
-    const bool masked = sl.allowed != nullptr || sl.bias != nullptr || sl.key_padding != nullptr ||
-                        (sl.causal_diagonal != kNoCausal && j0 + bc - 1 > row_begin + sl.causal_diagonal);
-    if (masked && !ApplyMasks(sl, row_begin, rows, j0, bc, s, bcp)) continue;  // whole block hidden
+    if (!ScoreBlock(sl, qt, kt, row_begin, rows, j0, bc, n, s)) continue;  // whole block hidden
 
     // Online softmax, row by row; the padding columns [bc, n) become exp(-inf) = 0.
     for (int64_t i = 0; i < rows; ++i) {
@@ -242,6 +277,8 @@ HWY_NOINLINE void FlashAttentionForwardImpl(const AttentionSlice& sl, int64_t ro
         const VF va = hn::Set(d, alpha);
         for (size_t c = 0; c < dvp; c += lanes) hn::Store(hn::Mul(hn::Load(d, o + c), va), d, o + c);
       }
+      // l sums the weights before dropout; only what reaches v is dropped.
+      if (sl.dropout > 0.0f) ApplyDropout(sl, row_begin + i, j0, bc, row, row);
     }
     Gemm(s, bcp, 1, vb, dvp, acc, dvp, static_cast<size_t>(rows), dvp, n, /*accumulate=*/true);
   }
@@ -251,6 +288,35 @@ HWY_NOINLINE void FlashAttentionForwardImpl(const AttentionSlice& sl, int64_t ro
     const float inv = l[i] > 0.0f ? 1.0f / l[i] : 0.0f;  // fully masked row: output 0
     for (int64_t c = 0; c < sl.dv; ++c) out[c] = acc[i * dvp + c] * inv;
     if (sl.lse != nullptr) sl.lse[row_begin + i] = l[i] > 0.0f ? m[i] + std::log(l[i]) : kMinusInf;
+  }
+}
+
+HWY_NOINLINE void AttentionProbabilitiesImpl(const AttentionSlice& sl, int64_t row_begin,
+                                             int64_t row_end, float* out, int64_t out_stride,
+                                             float* workspace) {
+  const DF d;
+  const int64_t rows = row_end - row_begin;
+  const size_t dim = static_cast<size_t>(sl.d), bcp = static_cast<size_t>(kAttentionKeyBlock);
+  Scratch scratch(workspace);
+  float* qt = scratch.take(kAttentionRowTile * dim);
+  float* kt = scratch.take(dim * bcp);
+  float* s = scratch.take(kAttentionRowTile * bcp);
+  PackRows(RowOf(sl.q, row_begin, sl.q_stride, sl.bf16), sl.q_stride, sl.bf16,
+           static_cast<size_t>(rows), dim, sl.scale, qt, dim, static_cast<size_t>(rows));
+  for (int64_t i = 0; i < rows; ++i)
+    std::fill(out + i * out_stride, out + i * out_stride + sl.lk, 0.0f);
+  const int64_t key_end = KeyEnd(sl, row_end);
+  for (int64_t j0 = 0; j0 < key_end; j0 += kAttentionKeyBlock) {
+    const int64_t bc = std::min<int64_t>(kAttentionKeyBlock, key_end - j0);
+    const size_t n = RoundUp(static_cast<size_t>(bc), hn::Lanes(d));
+    PackColumns(RowOf(sl.k, j0, sl.k_stride, sl.bf16), sl.k_stride, sl.bf16,
+                static_cast<size_t>(bc), dim, kt, bcp);
+    if (!ScoreBlock(sl, qt, kt, row_begin, rows, j0, bc, n, s)) continue;
+    for (int64_t i = 0; i < rows; ++i) {
+      float* row = s + i * bcp;
+      ProbabilitiesFromLse(d, row, sl.lse[row_begin + i], bc, n);
+      std::copy(row, row + bc, out + i * out_stride + j0);
+    }
   }
 }
 

@@ -15,6 +15,7 @@ namespace qkv::kernels {
 
 HWY_EXPORT(FlashAttentionForwardImpl);
 HWY_EXPORT(FlashAttentionBackwardImpl);
+HWY_EXPORT(AttentionProbabilitiesImpl);
 
 size_t AttentionWorkspaceFloats(int64_t d, int64_t dv) {
   // Padded to whole vectors of the widest target (16 floats); see the layout
@@ -29,10 +30,16 @@ void FlashAttentionForward(const AttentionSlice& slice, int64_t row_begin, int64
   HWY_DYNAMIC_DISPATCH(FlashAttentionForwardImpl)(slice, row_begin, row_end, workspace);
 }
 
+void AttentionProbabilities(const AttentionSlice& slice, int64_t row_begin, int64_t row_end,
+                            float* out, int64_t out_stride, float* workspace) {
+  HWY_DYNAMIC_DISPATCH(AttentionProbabilitiesImpl)(slice, row_begin, row_end, out, out_stride,
+                                                   workspace);
+}
+
 size_t AttentionBackwardWorkspaceFloats(int64_t d, int64_t dv, int64_t lq, int64_t heads) {
   const int64_t dp = (d + 15) / 16 * 16, dvp = (dv + 15) / 16 * 16;
   const int64_t br = kAttentionRowTile, bc = kAttentionKeyBlock;
-  const int64_t blocks = d * bc + bc * dp + dv * bc + br * d + br * dp + br * dvp + 2 * br * bc +
+  const int64_t blocks = d * bc + bc * dp + dv * bc + br * d + br * dp + br * dvp + 3 * br * bc +
                          bc * dp + bc * dvp;
   return static_cast<size_t>(blocks + heads * lq * (dp + 1) + 16 * 64);  // + alignment slack
 }

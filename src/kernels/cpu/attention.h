@@ -37,7 +37,23 @@ struct AttentionSlice {
   const uint8_t* key_padding = nullptr;  // nonzero = padding, never attended
   int64_t key_padding_stride = 0;
   int64_t causal_diagonal = kNoCausal;  // query i sees key j only if j <= i + causal_diagonal
+  float dropout = 0.0f;  // probability of zeroing a weight (kept ones are scaled by 1 / (1 - p))
+  uint64_t dropout_seed = 0;
+  uint64_t dropout_stream = 0;  // b * Hq + h: which slice, so each gets its own mask
 };
+
+// Counter-based dropout: whether weight (i, j) of a slice is kept. A pure
+// function of (seed, stream, i, j), so the forward, the backward and the
+// oracle draw the same mask without storing it (splitmix64 at the pair's index).
+inline bool DropoutKeep(const AttentionSlice& s, int64_t i, int64_t j) {
+  const uint64_t index = (s.dropout_stream * static_cast<uint64_t>(s.lq) + static_cast<uint64_t>(i)) *
+                             static_cast<uint64_t>(s.lk) + static_cast<uint64_t>(j);
+  uint64_t z = s.dropout_seed + (index + 1) * 0x9e3779b97f4a7c15ull;
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  z ^= z >> 31;
+  return static_cast<float>(z >> 40) * 0x1p-24f >= s.dropout;
+}
 
 // Floats of scratch one call of FlashAttentionForward needs.
 size_t AttentionWorkspaceFloats(int64_t d, int64_t dv);
@@ -46,6 +62,12 @@ size_t AttentionWorkspaceFloats(int64_t d, int64_t dv);
 // them. A row with no visible key gets output 0 and log-sum-exp -inf.
 void FlashAttentionForward(const AttentionSlice& slice, int64_t row_begin, int64_t row_end,
                            float* workspace);
+
+// The attention weights (probabilities, before dropout) of query rows
+// [row_begin, row_end) recomputed from the slice's log-sum-exp (slice.lse must
+// hold the forward's): out[i, j] for all lk keys, rows out_stride apart.
+void AttentionProbabilities(const AttentionSlice& slice, int64_t row_begin, int64_t row_end,
+                            float* out, int64_t out_stride, float* workspace);
 
 // The backward of one query head (FlashAttention-2's: recompute the
 // probabilities from the saved log-sum-exp, never store them).

@@ -36,7 +36,6 @@ HWY_NOINLINE void FlashAttentionBackwardImpl(const AttentionGradSlice* heads, in
                                              int64_t grad_v_stride, float* workspace) {
   const DF d;
   const size_t lanes = hn::Lanes(d);
-  constexpr float kMinusInf = -std::numeric_limits<float>::infinity();
   const AttentionSlice& first = heads[0].forward;
   const bool bf16 = first.bf16;
   const size_t dim = static_cast<size_t>(first.d), dv = static_cast<size_t>(first.dv);
@@ -55,6 +54,7 @@ HWY_NOINLINE void FlashAttentionBackwardImpl(const AttentionGradSlice* heads, in
   float* dor = scratch.take(br * dvp);   // dO rows of the tile
   float* s = scratch.take(br * bcp);     // S, then P, then dS
   float* dpm = scratch.take(br * bcp);   // dP
+  float* pd = scratch.take(br * bcp);    // P after dropout (P itself without dropout)
   float* dk = scratch.take(bcp * dp);    // dK of the block (unscaled)
   float* dvb = scratch.take(bcp * dvp);  // dV of the block
   float* delta = scratch.take(static_cast<size_t>(count * lq));
@@ -97,39 +97,38 @@ HWY_NOINLINE void FlashAttentionBackwardImpl(const AttentionGradSlice* heads, in
         const int64_t rows = std::min<int64_t>(kAttentionRowTile, lq - i0);
         const size_t m = static_cast<size_t>(rows);
         PackRows(RowOf(sl.q, i0, sl.q_stride, bf16), sl.q_stride, bf16, m, dim, scale, qs, dim, m);
-        Gemm(qs, dim, 1, kt, bcp, s, bcp, m, n, dim, /*accumulate=*/false);
-        const bool masked =
-            sl.allowed != nullptr || sl.bias != nullptr || sl.key_padding != nullptr ||
-            (sl.causal_diagonal != kNoCausal && j0 + bc - 1 > i0 + sl.causal_diagonal);
-        if (masked && !ApplyMasks(sl, i0, rows, j0, bc, s, bcp)) continue;
-
-        // P = exp(S - lse): the forward's probabilities, exactly normalised.
+        if (!ScoreBlock(sl, qs, kt, i0, rows, j0, bc, n, s)) continue;
+        // P = exp(S - lse): the forward's probabilities, exactly normalised (a
+        // fully masked row has lse -inf, P = 0 and so no gradient).
+        const bool dropout = sl.dropout > 0.0f;
         for (int64_t i = 0; i < rows; ++i) {
           float* row = s + i * bcp;
-          const float lse = sl.lse[i0 + i];
-          if (lse == kMinusInf) {  // a fully masked row has no gradient
-            std::fill(row, row + n, 0.0f);
-            continue;
+          ProbabilitiesFromLse(d, row, sl.lse[i0 + i], bc, n);
+          if (dropout) {
+            ApplyDropout(sl, i0 + i, j0, bc, row, pd + i * bcp);
+            std::fill(pd + i * bcp + bc, pd + i * bcp + n, 0.0f);
           }
-          for (size_t j = static_cast<size_t>(bc); j < n; ++j) row[j] = kMinusInf;
-          const VF shift = hn::Set(d, lse);
-          for (size_t j = 0; j < n; j += lanes)
-            hn::Store(ExpF(d, hn::Sub(hn::Load(d, row + j), shift)), d, row + j);
         }
+        const float* pv = dropout ? pd : s;  // the weights that multiplied v
         PackRows(RowOf(sl.q, i0, sl.q_stride, bf16), sl.q_stride, bf16, m, dim, 1.0f, qr, dp, m);
         for (size_t i = 0; i < m; ++i) {
           const float* grad_row = g.grad_out + (i0 + static_cast<int64_t>(i)) * g.grad_out_stride;
           std::copy(grad_row, grad_row + dv, dor + i * dvp);
           std::fill(dor + i * dvp + dv, dor + (i + 1) * dvp, 0.0f);
         }
-        Gemm(s, 1, bcp, dor, dvp, dvb, dvp, n, dvp, m, /*accumulate=*/true);    // dV += P^T dO
-        Gemm(dor, dvp, 1, vt, bcp, dpm, bcp, m, n, dv, /*accumulate=*/false);  // dP = dO v^T
-        for (int64_t i = 0; i < rows; ++i) {  // dS = P (dP - delta), in place of P
+        Gemm(pv, 1, bcp, dor, dvp, dvb, dvp, n, dvp, m, /*accumulate=*/true);   // dV += Pd^T dO
+        Gemm(dor, dvp, 1, vt, bcp, dpm, bcp, m, n, dv, /*accumulate=*/false);  // dPd = dO v^T
+        // dS = P (dP - delta) with dP = dPd M / (1 - p), i.e. Pd dPd - P delta
+        // (M the dropout mask; without dropout Pd = P). In place of P.
+        for (int64_t i = 0; i < rows; ++i) {
           float* p = s + i * bcp;
+          const float* pdrow = pv + i * bcp;
           const float* dprow = dpm + i * bcp;
           const VF dl = hn::Set(d, delta[h * lq + i0 + i]);
           for (size_t j = 0; j < n; j += lanes)
-            hn::Store(hn::Mul(hn::Load(d, p + j), hn::Sub(hn::Load(d, dprow + j), dl)), d, p + j);
+            hn::Store(hn::MulSub(hn::Load(d, pdrow + j), hn::Load(d, dprow + j),
+                                 hn::Mul(hn::Load(d, p + j), dl)),
+                      d, p + j);
           if (g.grad_bias != nullptr)
             std::copy(p, p + bc, g.grad_bias + (i0 + i) * g.grad_bias_stride + j0);
         }
