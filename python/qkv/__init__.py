@@ -23,6 +23,7 @@ from ._qkv import (  # noqa: F401
     arange,
     attention,
     attention_backward,
+    attention_dropout_mask,
     empty,
     exp,
     from_dlpack,

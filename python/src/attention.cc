@@ -3,10 +3,13 @@
 #include <nanobind/stl/pair.h>
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/tuple.h>
+#include <nanobind/stl/vector.h>
 
 #include <optional>
 #include <string>
+#include <utility>
 #include <variant>
+#include <vector>
 
 #include "bindings.h"
 #include "qkv/attention.h"
@@ -40,30 +43,44 @@ void bind_attention(nb::module_& m) {
       "attention",
       [](const Tensor& q, const Tensor& k, const Tensor& v, std::optional<double> scale,
          nb::handle causal, std::optional<Tensor> mask, std::optional<Tensor> key_padding_mask,
-         const std::string& layout, bool return_lse, bool reference) -> nb::object {
+         const std::string& layout, double dropout, uint64_t dropout_seed, bool return_lse,
+         std::vector<int64_t> weights_heads, bool reference) -> nb::object {
         AttentionOptions options{.layout = parse_layout(layout),
                                  .scale = scale,
                                  .causal = parse_causal(causal),
                                  .mask = mask.value_or(Tensor()),
                                  .key_padding_mask = key_padding_mask.value_or(Tensor()),
-                                 .return_lse = return_lse};
+                                 .dropout = dropout,
+                                 .dropout_seed = dropout_seed,
+                                 .return_lse = return_lse,
+                                 .weights_heads = std::move(weights_heads)};
         AttentionResult r;
         {
           nb::gil_scoped_release release;
           r = reference ? attention_reference(q, k, v, options) : attention(q, k, v, options);
         }
-        if (return_lse) return nb::cast(std::make_pair(r.output, r.lse));
-        return nb::cast(r.output);
+        if (!return_lse && !r.weights.defined()) return nb::cast(r.output);
+        nb::list out;
+        out.append(r.output);
+        if (return_lse) out.append(r.lse);
+        if (r.weights.defined()) out.append(r.weights);
+        return nb::tuple(out);
       },
       nb::arg("q"), nb::arg("k"), nb::arg("v"), nb::arg("scale") = nb::none(),
       nb::arg("causal") = false, nb::arg("mask") = nb::none(),
       nb::arg("key_padding_mask") = nb::none(), nb::arg("layout") = "bhld",
-      nb::arg("return_lse") = false, nb::arg("reference") = false,
+      nb::arg("dropout") = 0.0, nb::arg("dropout_seed") = 0, nb::arg("return_lse") = false,
+      nb::arg("weights_heads") = std::vector<int64_t>{}, nb::arg("reference") = false,
       "Fused scaled dot-product attention. q: [B, Hq, Lq, D] (or [B, Lq, Hq, D] with "
       "layout='blhd'); k, v with Hkv dividing Hq. mask: bool (True = may attend) or a float "
       "bias, broadcastable to [B, Hq, Lq, Lk]; key_padding_mask: bool [B, Lk], True = padding. "
-      "A fully masked row gives 0 (log-sum-exp -inf). Returns the f32 output, or (output, lse) "
-      "with return_lse. reference=True runs the double-precision oracle instead.");
+      "A fully masked row gives 0 (log-sum-exp -inf). dropout / dropout_seed: seeded dropout on "
+      "the weights (see attention_dropout_mask). Returns the f32 output; with return_lse and/or "
+      "weights_heads a tuple (output[, lse][, weights]), weights [B, len(weights_heads), Lq, Lk] "
+      "before dropout. reference=True runs the double-precision oracle instead.");
+  m.def("attention_dropout_mask", &qkv::attention_dropout_mask, nb::arg("batch"), nb::arg("heads"),
+        nb::arg("lq"), nb::arg("lk"), nb::arg("dropout"), nb::arg("seed"),
+        "The bool [B, H, Lq, Lk] keep-mask attention(dropout=p, dropout_seed=seed) applies.");
 }
 
 
@@ -73,12 +90,15 @@ void bind_attention_backward(nb::module_& m) {
       [](const Tensor& grad_output, const Tensor& q, const Tensor& k, const Tensor& v,
          std::optional<Tensor> output, std::optional<Tensor> lse, std::optional<double> scale,
          nb::handle causal, std::optional<Tensor> mask, std::optional<Tensor> key_padding_mask,
-         const std::string& layout, bool mask_requires_grad, bool reference) {
+         const std::string& layout, double dropout, uint64_t dropout_seed, bool mask_requires_grad,
+         bool reference) {
         AttentionOptions options{.layout = parse_layout(layout),
                                  .scale = scale,
                                  .causal = parse_causal(causal),
                                  .mask = mask.value_or(Tensor()),
-                                 .key_padding_mask = key_padding_mask.value_or(Tensor())};
+                                 .key_padding_mask = key_padding_mask.value_or(Tensor()),
+                                 .dropout = dropout,
+                                 .dropout_seed = dropout_seed};
         AttentionGradients g;
         {
           nb::gil_scoped_release release;
@@ -100,7 +120,8 @@ void bind_attention_backward(nb::module_& m) {
       nb::arg("output") = nb::none(), nb::arg("lse") = nb::none(), nb::arg("scale") = nb::none(),
       nb::arg("causal") = false, nb::arg("mask") = nb::none(),
       nb::arg("key_padding_mask") = nb::none(), nb::arg("layout") = "bhld",
-      nb::arg("mask_requires_grad") = false, nb::arg("reference") = false,
+      nb::arg("dropout") = 0.0, nb::arg("dropout_seed") = 0, nb::arg("mask_requires_grad") = false,
+      nb::arg("reference") = false,
       "Gradients of attention(): a dict with 'q', 'k', 'v' (f32, shaped like the inputs) and "
       "'mask' (the additive mask's gradient when mask_requires_grad). Pass the forward's output "
       "and lse (attention(..., return_lse=True)); reference=True recomputes in double instead.");
