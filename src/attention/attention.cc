@@ -3,7 +3,9 @@
 // strides, and runs the fused kernel over (batch, head, query tile) tasks.
 #include "qkv/attention.h"
 
+#include <algorithm>
 #include <cmath>
+#include <utility>
 #include <vector>
 
 #include "attention/plan.h"
@@ -11,6 +13,51 @@
 #include "kernels/cpu/attention.h"
 
 namespace qkv {
+namespace {
+
+// Decode (one or a few queries against a long KV) gives fewer (batch, head,
+// tile) tasks than threads: then the keys are split too, each part computing a
+// partial online softmax, merged afterwards (flash-decoding).
+int64_t key_splits(int64_t tasks, int64_t lk) {
+  const int64_t threads = num_threads();
+  constexpr int64_t kMinKeysPerSplit = 512;
+  if (tasks == 0 || tasks >= threads || lk < 2 * kMinKeysPerSplit) return 1;
+  return std::clamp<int64_t>((2 * threads + tasks - 1) / tasks, 1, lk / kMinKeysPerSplit);
+}
+
+void run_split(const detail::AttentionPlan& plan, const AttentionResult& result, int64_t tiles,
+               int64_t splits, size_t workspace_floats) {
+  const int64_t tasks = plan.batch * plan.heads * tiles;
+  const int64_t block = kernels::kAttentionKeyBlock;
+  const int64_t chunk = ((plan.lk + splits - 1) / splits + block - 1) / block * block;
+  const int64_t part_floats = kernels::kAttentionRowTile * (plan.dv + 2);
+  std::vector<float> partials(static_cast<size_t>(tasks * splits * part_floats));
+  auto rows_of = [&](int64_t task) {
+    const int64_t row_begin = task % tiles * kernels::kAttentionRowTile;
+    return std::pair{row_begin, std::min(plan.lq, row_begin + kernels::kAttentionRowTile)};
+  };
+  detail::parallel_for(0, tasks * splits, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> workspace(workspace_floats);
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t task = item / splits, split = item % splits, bh = task / tiles;
+      const auto [row_begin, row_end] = rows_of(task);
+      const int64_t key_begin = std::min(plan.lk, split * chunk);
+      kernels::FlashAttentionForwardPartial(plan.slice(bh / plan.heads, bh % plan.heads, result),
+                                            row_begin, row_end, key_begin,
+                                            std::min(plan.lk, key_begin + chunk), workspace.data(),
+                                            partials.data() + item * part_floats);
+    }
+  });
+  for (int64_t task = 0; task < tasks; ++task) {
+    const int64_t bh = task / tiles;
+    const auto [row_begin, row_end] = rows_of(task);
+    kernels::MergeAttentionPartials(plan.slice(bh / plan.heads, bh % plan.heads, result), row_begin,
+                                    row_end, partials.data() + task * splits * part_floats, splits,
+                                    part_floats);
+  }
+}
+
+}  // namespace
 
 AttentionResult attention(const Tensor& q, const Tensor& k, const Tensor& v,
                           const AttentionOptions& options) {
@@ -20,7 +67,11 @@ AttentionResult attention(const Tensor& q, const Tensor& k, const Tensor& v,
   const int64_t tiles = (plan.lq + kernels::kAttentionRowTile - 1) / kernels::kAttentionRowTile;
   const int64_t tasks = plan.batch * plan.heads * tiles;
   const size_t workspace_floats = kernels::AttentionWorkspaceFloats(plan.d, plan.dv);
-  detail::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
+  const int64_t splits = key_splits(tasks, plan.lk);
+  if (splits > 1) {
+    run_split(plan, result, tiles, splits, workspace_floats);
+  } else {
+    detail::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> workspace(workspace_floats);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t tile = task % tiles, bh = task / tiles;
@@ -29,7 +80,8 @@ AttentionResult attention(const Tensor& q, const Tensor& k, const Tensor& v,
       const int64_t row_end = std::min(plan.lq, row_begin + kernels::kAttentionRowTile);
       kernels::FlashAttentionForward(slice, row_begin, row_end, workspace.data());
     }
-  });
+    });
+  }
   if (!plan.weights_heads.empty()) {
     const int64_t count = static_cast<int64_t>(plan.weights_heads.size());
     detail::parallel_for(0, plan.batch * count * tiles, 1, [&](int64_t begin, int64_t end) {

@@ -210,8 +210,19 @@ HWY_INLINE void ApplyDropout(const AttentionSlice& sl, int64_t i, int64_t j0, in
   for (int64_t j = 0; j < bc; ++j) out[j] = DropoutKeep(sl, i, j0 + j) ? p[j] * keep_scale : 0.0f;
 }
 
-HWY_NOINLINE void FlashAttentionForwardImpl(const AttentionSlice& sl, int64_t row_begin,
-                                            int64_t row_end, float* workspace) {
+// The online-softmax state of a query tile: running max m, running sum l and
+// the unnormalised output acc ([rows, dvp]), over the keys seen so far.
+struct TileState {
+  float* m;
+  float* l;
+  float* acc;
+  size_t dvp;
+};
+
+// Runs query rows [row_begin, row_end) over keys [key_begin, key_end) (the
+// causal diagonal may end them earlier), leaving the state in `st`.
+HWY_INLINE void ForwardTile(const AttentionSlice& sl, int64_t row_begin, int64_t row_end,
+                            int64_t key_begin, int64_t key_end, Scratch& scratch, TileState& st) {
   const DF d;
   const size_t lanes = hn::Lanes(d);
   constexpr float kMinusInf = -std::numeric_limits<float>::infinity();
@@ -220,16 +231,16 @@ HWY_NOINLINE void FlashAttentionForwardImpl(const AttentionSlice& sl, int64_t ro
   const size_t dvp = RoundUp(static_cast<size_t>(sl.dv), 16);
   const size_t bcp = static_cast<size_t>(kAttentionKeyBlock);  // a multiple of every Lanes
 
-  // Scratch: q tile, k^T block, v block, scores / probabilities, output
-  // accumulator, running max and sum.
-  Scratch scratch(workspace);
+  // Scratch: q tile, k^T block, v block, scores / probabilities, then the state.
   float* qt = scratch.take(kAttentionRowTile * dim);
   float* kt = scratch.take(dim * bcp);
   float* vb = scratch.take(bcp * dvp);
   float* s = scratch.take(kAttentionRowTile * bcp);
-  float* acc = scratch.take(kAttentionRowTile * dvp);
-  float* m = scratch.take(kAttentionRowTile);
-  float* l = scratch.take(kAttentionRowTile);
+  st = TileState{scratch.take(kAttentionRowTile), scratch.take(kAttentionRowTile),
+                 scratch.take(kAttentionRowTile * dvp), dvp};
+  float* acc = st.acc;
+  float* m = st.m;
+  float* l = st.l;
 
   // The scale is folded into q once, not applied to every score.
   PackRows(RowOf(sl.q, row_begin, sl.q_stride, sl.bf16), sl.q_stride, sl.bf16,
@@ -239,8 +250,8 @@ HWY_NOINLINE void FlashAttentionForwardImpl(const AttentionSlice& sl, int64_t ro
   std::fill(l, l + rows, 0.0f);
 
   // Keys past the last row's causal diagonal are hidden from the whole tile.
-  const int64_t key_end = KeyEnd(sl, row_end);
-  for (int64_t j0 = 0; j0 < key_end; j0 += kAttentionKeyBlock) {
+  key_end = std::min(key_end, KeyEnd(sl, row_end));
+  for (int64_t j0 = key_begin; j0 < key_end; j0 += kAttentionKeyBlock) {
     const int64_t bc = std::min<int64_t>(kAttentionKeyBlock, key_end - j0);
     const size_t n = RoundUp(static_cast<size_t>(bc), lanes);
     // Pack k^T and v for the block; columns / rows past bc are zero.
@@ -282,12 +293,38 @@ HWY_NOINLINE void FlashAttentionForwardImpl(const AttentionSlice& sl, int64_t ro
     }
     Gemm(s, bcp, 1, vb, dvp, acc, dvp, static_cast<size_t>(rows), dvp, n, /*accumulate=*/true);
   }
+}
 
+HWY_NOINLINE void FlashAttentionForwardImpl(const AttentionSlice& sl, int64_t row_begin,
+                                            int64_t row_end, float* workspace) {
+  constexpr float kMinusInf = -std::numeric_limits<float>::infinity();
+  Scratch scratch(workspace);
+  TileState st;
+  ForwardTile(sl, row_begin, row_end, 0, sl.lk, scratch, st);
+  const int64_t rows = row_end - row_begin;
   for (int64_t i = 0; i < rows; ++i) {
     float* out = sl.o + (row_begin + i) * sl.o_stride;
-    const float inv = l[i] > 0.0f ? 1.0f / l[i] : 0.0f;  // fully masked row: output 0
-    for (int64_t c = 0; c < sl.dv; ++c) out[c] = acc[i * dvp + c] * inv;
-    if (sl.lse != nullptr) sl.lse[row_begin + i] = l[i] > 0.0f ? m[i] + std::log(l[i]) : kMinusInf;
+    const float inv = st.l[i] > 0.0f ? 1.0f / st.l[i] : 0.0f;  // fully masked row: output 0
+    for (int64_t c = 0; c < sl.dv; ++c) out[c] = st.acc[i * st.dvp + c] * inv;
+    if (sl.lse != nullptr)
+      sl.lse[row_begin + i] = st.l[i] > 0.0f ? st.m[i] + std::log(st.l[i]) : kMinusInf;
+  }
+}
+
+HWY_NOINLINE void FlashAttentionForwardPartialImpl(const AttentionSlice& sl, int64_t row_begin,
+                                                   int64_t row_end, int64_t key_begin,
+                                                   int64_t key_end, float* workspace,
+                                                   float* partial) {
+  Scratch scratch(workspace);
+  TileState st;
+  ForwardTile(sl, row_begin, row_end, key_begin, key_end, scratch, st);
+  const int64_t rows = row_end - row_begin;
+  const size_t dv = static_cast<size_t>(sl.dv);
+  for (int64_t i = 0; i < rows; ++i) {
+    float* out = partial + i * (dv + 2);
+    out[0] = st.m[i];
+    out[1] = st.l[i];
+    std::copy(st.acc + i * st.dvp, st.acc + i * st.dvp + dv, out + 2);
   }
 }
 

@@ -9,6 +9,10 @@
 #include "kernels/cpu/attention_backward-inl.h"
 
 #if HWY_ONCE
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
 #include "kernels/cpu/attention.h"
 
 namespace qkv::kernels {
@@ -16,6 +20,7 @@ namespace qkv::kernels {
 HWY_EXPORT(FlashAttentionForwardImpl);
 HWY_EXPORT(FlashAttentionBackwardImpl);
 HWY_EXPORT(AttentionProbabilitiesImpl);
+HWY_EXPORT(FlashAttentionForwardPartialImpl);
 
 size_t AttentionWorkspaceFloats(int64_t d, int64_t dv) {
   // Padded to whole vectors of the widest target (16 floats); see the layout
@@ -28,6 +33,41 @@ size_t AttentionWorkspaceFloats(int64_t d, int64_t dv) {
 void FlashAttentionForward(const AttentionSlice& slice, int64_t row_begin, int64_t row_end,
                            float* workspace) {
   HWY_DYNAMIC_DISPATCH(FlashAttentionForwardImpl)(slice, row_begin, row_end, workspace);
+}
+
+void FlashAttentionForwardPartial(const AttentionSlice& slice, int64_t row_begin, int64_t row_end,
+                                  int64_t key_begin, int64_t key_end, float* workspace,
+                                  float* partial) {
+  HWY_DYNAMIC_DISPATCH(FlashAttentionForwardPartialImpl)(slice, row_begin, row_end, key_begin,
+                                                         key_end, workspace, partial);
+}
+
+void MergeAttentionPartials(const AttentionSlice& slice, int64_t row_begin, int64_t row_end,
+                            const float* partials, int64_t parts, int64_t part_stride) {
+  // The online-softmax merge: rescale each part's sum and output to the
+  // largest max, then normalise once.
+  const int64_t dv = slice.dv, rows = row_end - row_begin;
+  for (int64_t i = 0; i < rows; ++i) {
+    float top = -std::numeric_limits<float>::infinity();
+    for (int64_t p = 0; p < parts; ++p) top = std::max(top, partials[p * part_stride + i * (dv + 2)]);
+    float* out = slice.o + (row_begin + i) * slice.o_stride;
+    std::fill(out, out + dv, 0.0f);
+    double total = 0;
+    if (top != -std::numeric_limits<float>::infinity()) {
+      for (int64_t p = 0; p < parts; ++p) {
+        const float* part = partials + p * part_stride + i * (dv + 2);
+        if (part[1] == 0.0f) continue;
+        const float w = std::exp(part[0] - top);
+        total += static_cast<double>(part[1]) * w;
+        for (int64_t c = 0; c < dv; ++c) out[c] += part[2 + c] * w;
+      }
+    }
+    const float inv = total > 0 ? static_cast<float>(1.0 / total) : 0.0f;
+    for (int64_t c = 0; c < dv; ++c) out[c] *= inv;
+    if (slice.lse != nullptr)
+      slice.lse[row_begin + i] = total > 0 ? top + static_cast<float>(std::log(total))
+                                           : -std::numeric_limits<float>::infinity();
+  }
 }
 
 void AttentionProbabilities(const AttentionSlice& slice, int64_t row_begin, int64_t row_end,

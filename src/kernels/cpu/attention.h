@@ -63,6 +63,18 @@ size_t AttentionWorkspaceFloats(int64_t d, int64_t dv);
 void FlashAttentionForward(const AttentionSlice& slice, int64_t row_begin, int64_t row_end,
                            float* workspace);
 
+// Rows [row_begin, row_end) over keys [key_begin, key_end) only, for the
+// decode path that splits one long row of keys across threads: per row, writes
+// (max, sum, unnormalised output[dv]) to partial + i * (dv + 2). Merge the
+// parts with MergeAttentionPartials.
+void FlashAttentionForwardPartial(const AttentionSlice& slice, int64_t row_begin, int64_t row_end,
+                                  int64_t key_begin, int64_t key_end, float* workspace,
+                                  float* partial);
+// Combines `parts` partial results of the same rows (part p at partials +
+// p * part_stride) into the slice's output and log-sum-exp.
+void MergeAttentionPartials(const AttentionSlice& slice, int64_t row_begin, int64_t row_end,
+                            const float* partials, int64_t parts, int64_t part_stride);
+
 // The attention weights (probabilities, before dropout) of query rows
 // [row_begin, row_end) recomputed from the slice's log-sum-exp (slice.lse must
 // hold the forward's): out[i, j] for all lk keys, rows out_stride apart.
