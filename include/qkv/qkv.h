@@ -5,6 +5,7 @@
 #include "qkv/dtype.h"
 #include "qkv/error.h"
 #include "qkv/matmul.h"
+#include "qkv/nn.h"
 #include "qkv/ops.h"
 #include "qkv/safetensors.h"
 #include "qkv/tensor.h"

@@ -16,6 +16,7 @@ import numpy as _np
 
 from . import _qkv
 from ._qkv import (  # noqa: F401
+    MultiheadAttention,
     QkvError,
     Tensor,
     __version__,

@@ -23,5 +23,6 @@ void bind_ops(nb::module_& m);
 void bind_io(nb::module_& m);
 void bind_attention(nb::module_& m);
 void bind_attention_backward(nb::module_& m);
+void bind_nn(nb::module_& m);
 
 }  // namespace qkv::python

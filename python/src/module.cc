@@ -24,4 +24,5 @@ NB_MODULE(_qkv, m) {
   qkv::python::bind_io(m);
   qkv::python::bind_attention(m);
   qkv::python::bind_attention_backward(m);
+  qkv::python::bind_nn(m);
 }
