@@ -10,6 +10,7 @@
 #include <optional>
 #include <vector>
 
+#include "qkv/modifiers.h"
 #include "qkv/tensor.h"
 
 namespace qkv {
@@ -33,6 +34,10 @@ struct AttentionOptions {
   // [B, Lk] boolean, true = padding, never attended (torch.nn.MultiheadAttention's
   // key_padding_mask convention).
   Tensor key_padding_mask;
+  // FlexAttention-style modifiers (qkv/modifiers.h), evaluated inside the
+  // fused kernels; blocks the mask modifier hides entirely are skipped.
+  MaskModPtr mask_mod;
+  ScoreModPtr score_mod;
   // Dropout on the attention weights (training): each weight is zeroed with
   // probability `dropout` and the kept ones scaled by 1 / (1 - dropout). The
   // mask is a pure function of (dropout_seed, batch, head, query, key), so a

@@ -77,6 +77,8 @@ AttentionPlan plan_attention(const Tensor& q_in, const Tensor& k_in, const Tenso
     QKV_CHECK(h >= 0 && h < p.heads, op, ": weights_heads has head ", h, "; q has ", p.heads,
               " heads");
   p.weights_heads = options.weights_heads;
+  if (options.mask_mod || options.score_mod)
+    p.hooks = std::make_shared<ModifierHooks>(options.mask_mod, options.score_mod);
 
   const Shape scores{p.batch, p.heads, p.lq, p.lk};
   if (options.mask.defined()) {
@@ -161,10 +163,55 @@ kernels::AttentionSlice AttentionPlan::slice(int64_t b, int64_t h, const Attenti
     s.key_padding_stride = key_padding.stride(1);
   }
   s.causal_diagonal = causal_diagonal;
+  s.hooks = hooks.get();
+  s.batch = b;
+  s.head = h;
   s.dropout = dropout;
   s.dropout_seed = dropout_seed;
   s.dropout_stream = static_cast<uint64_t>(b * heads + h);
   return s;
+}
+
+// ---- ModifierHooks ---------------------------------------------------------
+
+using Visibility = kernels::AttentionHooks::Visibility;
+
+Visibility ModifierHooks::visibility(int64_t b, int64_t h, int64_t q0, int64_t q1, int64_t k0,
+                                     int64_t k1) const {
+  if (!mask_) return kAll;
+  switch (mask_->visibility({b, h, q0, q1, k0, k1})) {
+    case BlockVisibility::none: return kNone;
+    case BlockVisibility::all: return kAll;
+    case BlockVisibility::some: return kSome;
+  }
+  return kSome;
+}
+
+void ModifierHooks::modify_scores(int64_t b, int64_t h, int64_t q0, int64_t q1, int64_t k0,
+                                  int64_t k1, float* s, int64_t ld) const {
+  if (score_) score_->apply({b, h, q0, q1, k0, k1}, s, ld);
+}
+
+void ModifierHooks::mask_scores(int64_t b, int64_t h, int64_t q0, int64_t q1, int64_t k0,
+                                int64_t k1, float* s, int64_t ld) const {
+  if (mask_) mask_->apply({b, h, q0, q1, k0, k1}, s, ld);
+}
+
+void ModifierHooks::score_backward(int64_t b, int64_t h, int64_t q0, int64_t q1, int64_t k0,
+                                   int64_t k1, const float* raw, float* grad, int64_t ld) const {
+  if (score_) score_->backward({b, h, q0, q1, k0, k1}, raw, grad, ld);
+}
+
+bool ModifierHooks::allowed(int64_t b, int64_t h, int64_t q, int64_t k) const {
+  return !mask_ || mask_->allowed(b, h, q, k);
+}
+
+float ModifierHooks::score(float s, int64_t b, int64_t h, int64_t q, int64_t k) const {
+  return score_ ? score_->score(s, b, h, q, k) : s;
+}
+
+float ModifierHooks::derivative(float s, int64_t b, int64_t h, int64_t q, int64_t k) const {
+  return score_ ? score_->derivative(s, b, h, q, k) : 1.0f;
 }
 
 }  // namespace qkv::detail

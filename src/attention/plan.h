@@ -3,12 +3,37 @@
 // fused kernel and the oracle read the same arguments the same way.
 #pragma once
 
+#include <memory>
+#include <utility>
 #include <vector>
 
 #include "kernels/cpu/attention.h"
 #include "qkv/attention.h"
 
 namespace qkv::detail {
+
+// The modifiers of AttentionOptions as the kernels' per-block hooks.
+class ModifierHooks : public kernels::AttentionHooks {
+ public:
+  ModifierHooks(MaskModPtr mask, ScoreModPtr score) : mask_(std::move(mask)), score_(std::move(score)) {}
+  Visibility visibility(int64_t b, int64_t h, int64_t q0, int64_t q1, int64_t k0,
+                        int64_t k1) const override;
+  bool has_score_mod() const override { return score_ != nullptr; }
+  bool needs_raw_scores() const override { return score_ && score_->needs_raw_scores(); }
+  void modify_scores(int64_t b, int64_t h, int64_t q0, int64_t q1, int64_t k0, int64_t k1, float* s,
+                     int64_t ld) const override;
+  void mask_scores(int64_t b, int64_t h, int64_t q0, int64_t q1, int64_t k0, int64_t k1, float* s,
+                   int64_t ld) const override;
+  void score_backward(int64_t b, int64_t h, int64_t q0, int64_t q1, int64_t k0, int64_t k1,
+                      const float* raw, float* grad, int64_t ld) const override;
+  bool allowed(int64_t b, int64_t h, int64_t q, int64_t k) const override;
+  float score(float s, int64_t b, int64_t h, int64_t q, int64_t k) const override;
+  float derivative(float s, int64_t b, int64_t h, int64_t q, int64_t k) const override;
+
+ private:
+  MaskModPtr mask_;
+  ScoreModPtr score_;
+};
 
 struct AttentionPlan {
   // q, k, v and the masks as [B, H, L, D] / [B, Hq, Lq, Lk] views (no copies,
@@ -24,6 +49,7 @@ struct AttentionPlan {
   float dropout = 0.0f;
   uint64_t dropout_seed = 0;
   std::vector<int64_t> weights_heads;
+  std::shared_ptr<const ModifierHooks> hooks;  // null without modifiers
 
   // Zero-filled output in q's layout, log-sum-exp [B, Hq, Lq] if asked, and
   // the weights of weights_heads.

@@ -20,20 +20,28 @@ double load(const void* row, int64_t i, bool bf16) {
 bool hidden(const kernels::AttentionSlice& s, int64_t i, int64_t j) {
   return (s.causal_diagonal != kernels::kNoCausal && j > i + s.causal_diagonal) ||
          (s.key_padding && s.key_padding[j * s.key_padding_stride]) ||
-         (s.allowed && !s.allowed[i * s.allowed_row_stride + j * s.allowed_col_stride]);
+         (s.allowed && !s.allowed[i * s.allowed_row_stride + j * s.allowed_col_stride]) ||
+         (s.hooks && !s.hooks->allowed(s.batch, s.head, i, j));
+}
+
+// The scaled score of (i, j) before the score modifier, in double.
+double raw_score(const kernels::AttentionSlice& s, int64_t i, int64_t j) {
+  const int64_t elem = s.bf16 ? 2 : 4;
+  const char* q = static_cast<const char*>(s.q) + i * s.q_stride * elem;
+  const char* k = static_cast<const char*>(s.k) + j * s.k_stride * elem;
+  double dot = 0;
+  for (int64_t c = 0; c < s.d; ++c) dot += load(q, c, s.bf16) * load(k, c, s.bf16);
+  return dot * s.scale;
 }
 
 // Row i's probabilities in double, and its log-sum-exp; all zero and -inf
 // when every key is hidden.
 double probabilities(const kernels::AttentionSlice& s, int64_t i, std::vector<double>& p) {
-  const int64_t elem = s.bf16 ? 2 : 4;
-  const char* q = static_cast<const char*>(s.q) + i * s.q_stride * elem;
   double top = -std::numeric_limits<double>::infinity();
   for (int64_t j = 0; j < s.lk; ++j) {
-    const char* k = static_cast<const char*>(s.k) + j * s.k_stride * elem;
-    double dot = 0;
-    for (int64_t c = 0; c < s.d; ++c) dot += load(q, c, s.bf16) * load(k, c, s.bf16);
-    double score = dot * s.scale;
+    double score = raw_score(s, i, j);
+    if (s.hooks && s.hooks->has_score_mod())
+      score = s.hooks->score(static_cast<float>(score), s.batch, s.head, i, j);
     if (s.bias) score += s.bias[i * s.bias_row_stride + j * s.bias_col_stride];
     p[j] = hidden(s, i, j) ? -std::numeric_limits<double>::infinity() : score;
     top = std::max(top, p[j]);
@@ -125,7 +133,8 @@ AttentionGradients attention_backward_reference(const Tensor& grad_output, const
         auto vval = [&](int64_t j, int64_t c) {
           return load(static_cast<const char*>(s.v) + j * s.v_stride * elem, c, s.bf16);
         };
-        std::vector<double> p(static_cast<size_t>(plan.lk)), ds(static_cast<size_t>(plan.lk));
+        std::vector<double> p(static_cast<size_t>(plan.lk)), ds(static_cast<size_t>(plan.lk)),
+            ds_raw(static_cast<size_t>(plan.lk));
         for (int64_t i = 0; i < plan.lq; ++i) {
           probabilities(s, i, p);
           const float* go = dout.data<float>() + b * dout.stride(0) + h * dout.stride(1) + i * dout.stride(2);
@@ -141,15 +150,22 @@ AttentionGradients attention_backward_reference(const Tensor& grad_output, const
             ds[j] = dp * keep;
             delta += p[j] * ds[j];
           }
-          for (int64_t j = 0; j < plan.lk; ++j) ds[j] = p[j] * (ds[j] - delta);
+          // ds: w.r.t. the final score (the additive mask's gradient); ds_raw:
+          // through the score modifier, w.r.t. scale * q.k.
+          for (int64_t j = 0; j < plan.lk; ++j) {
+            ds[j] = p[j] * (ds[j] - delta);
+            ds_raw[j] = ds[j];
+            if (s.hooks && s.hooks->has_score_mod())
+              ds_raw[j] *= s.hooks->derivative(static_cast<float>(raw_score(s, i, j)), b, h, i, j);
+          }
           float* dq_row = dq.data<float>() + b * dq.stride(0) + h * dq.stride(1) + i * dq.stride(2);
           for (int64_t c = 0; c < plan.d; ++c) {
             double acc = 0;
-            for (int64_t j = 0; j < plan.lk; ++j) acc += ds[j] * kval(j, c);
+            for (int64_t j = 0; j < plan.lk; ++j) acc += ds_raw[j] * kval(j, c);
             dq_row[c * dq.stride(3)] = static_cast<float>(acc * s.scale);
           }
           for (int64_t j = 0; j < plan.lk; ++j) {
-            for (int64_t c = 0; c < plan.d; ++c) dk_acc[j * plan.d + c] += ds[j] * qv(i, c) * s.scale;
+            for (int64_t c = 0; c < plan.d; ++c) dk_acc[j * plan.d + c] += ds_raw[j] * qv(i, c) * s.scale;
             if (g.grad_mask.defined())
               g.grad_mask.data<float>()[((b * plan.heads + h) * plan.lq + i) * plan.lk + j] =
                   static_cast<float>(ds[j]);

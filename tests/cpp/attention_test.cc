@@ -2,8 +2,10 @@
 // compiled Highway target, over layouts, head groupings, masks and edge sizes.
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <cmath>
 #include <limits>
+#include <memory>
 #include <string>
 #include <utility>
 
@@ -20,12 +22,33 @@ struct Case {
   std::string mask;  // "", "bool", "bias", "padding"
   DType dtype = DType::f32;
   double dropout = 0.0;
+  std::string mod;  // modifiers: "window", "prefix", "document", "custom_or", "softcap"
 };
+
+// The modifiers a case names.
+void add_modifiers(const Case& c, AttentionOptions& options) {
+  if (c.mod == "window") options.mask_mod = sliding_window_mask(37, 5);
+  if (c.mod == "prefix") options.mask_mod = prefix_lm_mask(21);
+  if (c.mod == "document") {
+    Tensor ids = Tensor::empty({c.b, c.lq}, DType::i64);
+    for (int64_t b = 0; b < c.b; ++b)
+      for (int64_t i = 0; i < c.lq; ++i) ids.data<int64_t>()[b * c.lq + i] = (i + 13 * b) / 45;
+    options.mask_mod = mask_and(document_mask(ids), causal_mask());
+  }
+  if (c.mod == "custom_or")
+    options.mask_mod = mask_or(sliding_window_mask(3, 3), custom_mask([](int64_t b, int64_t h, int64_t q, int64_t kv) {
+                                 return (q * 7 + kv * 3 + b + h) % 5 == 0;
+                               }));
+  if (c.mod == "softcap")
+    options.score_mod = score_chain(
+        bias_score([](int64_t, int64_t h, int64_t q, int64_t kv) { return -0.05f * (h + 1) * std::abs(q - kv); }),
+        softcap_score(2.5f));
+}
 
 std::string describe(const Case& c) {
   return detail::str("B", c.b, " Hq", c.hq, " Hkv", c.hkv, " Lq", c.lq, " Lk", c.lk, " D", c.d,
                      " Dv", c.dv, c.layout == AttentionLayout::blhd ? " blhd" : " bhld",
-                     " causal", static_cast<int>(c.causal), " mask '", c.mask, "' dropout ", c.dropout, " ",
+                     " causal", static_cast<int>(c.causal), " mask '", c.mask, "' mod '", c.mod, "' dropout ", c.dropout, " ",
                      dtype_name(c.dtype), " target ", hwy::TargetName(hwy::SupportedTargets() & -hwy::SupportedTargets()));
 }
 
@@ -45,6 +68,7 @@ void check_case(const Case& c, uint64_t seed) {
                            .dropout_seed = seed * 7919,
                            .return_lse = true,
                            .weights_heads = {0, c.hq - 1}};
+  add_modifiers(c, options);
   if (c.mask == "bool") {
     Tensor m = rand({c.b, 1, c.lq, c.lk}, gen);  // broadcast over heads
     Tensor allowed = Tensor::empty(m.shape(), DType::boolean);
@@ -136,6 +160,11 @@ TEST_P(AttentionTargets, FusedMatchesReference) {
       {2, 2, 2, 50, 70, 64, 64, AttentionLayout::bhld, Causal::top_left, "", DType::bf16},
       {2, 4, 2, 70, 90, 32, 32, AttentionLayout::bhld, Causal::none, "bias", DType::f32, 0.3},
       {1, 2, 2, 65, 129, 64, 64, AttentionLayout::blhd, Causal::top_left, "bool", DType::f32, 0.1},
+      {2, 2, 2, 200, 200, 32, 32, AttentionLayout::bhld, Causal::none, "", DType::f32, 0, "window"},
+      {1, 2, 2, 150, 150, 64, 64, AttentionLayout::blhd, Causal::none, "padding", DType::f32, 0, "prefix"},
+      {2, 2, 1, 180, 180, 32, 32, AttentionLayout::bhld, Causal::none, "", DType::f32, 0, "document"},
+      {1, 3, 3, 90, 130, 16, 16, AttentionLayout::bhld, Causal::none, "", DType::f32, 0, "custom_or"},
+      {2, 2, 2, 70, 100, 32, 32, AttentionLayout::bhld, Causal::none, "bias", DType::f32, 0, "softcap"},
   };
   uint64_t seed = 1;
   for (const Case& c : cases) check_case(c, seed++);
@@ -167,6 +196,37 @@ TEST(Attention, EmptyAndHugeLogits) {
     ASSERT_TRUE(std::isfinite(fused[i]));
     ASSERT_NEAR(fused[i], ref[i], 1e-4);
   }
+}
+
+TEST(Attention, ModifiedCausalEqualsBuiltInCausal) {
+  Generator gen(4);
+  const Tensor q = randn({1, 2, 100, 32}, gen), k = randn({1, 2, 100, 32}, gen),
+               v = randn({1, 2, 100, 32}, gen);
+  const auto a = attention(q, k, v, {.causal = Causal::top_left}).output.to_values();
+  const auto b = attention(q, k, v, {.mask_mod = causal_mask()}).output.to_values();
+  EXPECT_EQ(a, b);  // the same blocks, the same arithmetic
+}
+
+// Counts the key blocks the kernel really computes: the score modifier is
+// applied once per computed block.
+class CountingScore : public ScoreMod {
+ public:
+  float score(float s, int64_t, int64_t, int64_t, int64_t) const override { return s; }
+  bool needs_raw_scores() const override { return false; }
+  void apply(const AttentionBlock&, float*, int64_t) const override { ++blocks; }
+  mutable std::atomic<int64_t> blocks{0};
+};
+
+TEST(Attention, SlidingWindowSkipsHiddenBlocks) {
+  Generator gen(6);
+  const int64_t L = 2048, w = 128;
+  const Tensor q = randn({1, 1, L, 32}, gen), k = randn({1, 1, L, 32}, gen), v = randn({1, 1, L, 32}, gen);
+  auto counter = std::make_shared<CountingScore>();
+  attention(q, k, v, {.mask_mod = sliding_window_mask(w, 0), .score_mod = counter});
+  // Each 64-query tile sees at most (w + 64) / 64 + 1 key blocks of 64.
+  const int64_t tiles = L / 64, all_blocks = tiles * (L / 64);
+  EXPECT_LE(counter->blocks.load(), tiles * ((w + 64) / 64 + 1));
+  EXPECT_LT(counter->blocks.load() * 8, all_blocks);
 }
 
 TEST(Attention, DecodeSplitsKeysAcrossThreads) {

@@ -172,15 +172,31 @@ HWY_INLINE bool ApplyMasks(const AttentionSlice& sl, int64_t r0, int64_t rows, i
 
 // S = (scale q) k^T for query rows [r0, r0 + rows) against keys [j0, j0 + bc)
 // (qs: the scaled q tile, kt: the packed k^T block, n = bc rounded to whole
-// vectors), masked. False when every entry is hidden: the block is skipped.
+// vectors), modified and masked. False when every entry is hidden: the block
+// is skipped (before any arithmetic when the mask modifier says so). With
+// `raw`, the scores before the score modifier are kept there.
 HWY_INLINE bool ScoreBlock(const AttentionSlice& sl, const float* qs, const float* kt, int64_t r0,
-                           int64_t rows, int64_t j0, int64_t bc, size_t n, float* s) {
+                           int64_t rows, int64_t j0, int64_t bc, size_t n, float* s,
+                           float* raw = nullptr) {
   const size_t dim = static_cast<size_t>(sl.d), bcp = static_cast<size_t>(kAttentionKeyBlock);
+  const AttentionHooks* hooks = sl.hooks;
+  AttentionHooks::Visibility visibility = AttentionHooks::kAll;
+  if (hooks != nullptr) {
+    visibility = hooks->visibility(sl.batch, sl.head, r0, r0 + rows, j0, j0 + bc);
+    if (visibility == AttentionHooks::kNone) return false;
+  }
   Gemm(qs, dim, 1, kt, bcp, s, bcp, static_cast<size_t>(rows), n, dim, /*accumulate=*/false);
+  if (hooks != nullptr && hooks->has_score_mod()) {
+    if (raw != nullptr) std::copy(s, s + rows * bcp, raw);
+    hooks->modify_scores(sl.batch, sl.head, r0, r0 + rows, j0, j0 + bc, s, bcp);
+  }
   const bool masked =
       sl.allowed != nullptr || sl.bias != nullptr || sl.key_padding != nullptr ||
       (sl.causal_diagonal != kNoCausal && j0 + bc - 1 > r0 + sl.causal_diagonal);
-  return !masked || ApplyMasks(sl, r0, rows, j0, bc, s, bcp);
+  if (masked && !ApplyMasks(sl, r0, rows, j0, bc, s, bcp)) return false;
+  if (visibility == AttentionHooks::kSome)
+    hooks->mask_scores(sl.batch, sl.head, r0, r0 + rows, j0, j0 + bc, s, bcp);
+  return true;
 }
 
 // The last key any of query rows [.., row_end) may see, plus one.

@@ -79,7 +79,7 @@ void AttentionProbabilities(const AttentionSlice& slice, int64_t row_begin, int6
 size_t AttentionBackwardWorkspaceFloats(int64_t d, int64_t dv, int64_t lq, int64_t heads) {
   const int64_t dp = (d + 15) / 16 * 16, dvp = (dv + 15) / 16 * 16;
   const int64_t br = kAttentionRowTile, bc = kAttentionKeyBlock;
-  const int64_t blocks = d * bc + bc * dp + dv * bc + br * d + br * dp + br * dvp + 3 * br * bc +
+  const int64_t blocks = d * bc + bc * dp + dv * bc + br * d + br * dp + br * dvp + 4 * br * bc +
                          bc * dp + bc * dvp;
   return static_cast<size_t>(blocks + heads * lq * (dp + 1) + 16 * 64);  // + alignment slack
 }

@@ -16,6 +16,32 @@ inline constexpr int64_t kAttentionRowTile = 64;
 // Keys per block of the online softmax.
 inline constexpr int64_t kAttentionKeyBlock = 64;
 
+// Per-block hooks through which the attention layer inlines its score and
+// mask modifiers (qkv/modifiers.h) into the kernels. Coordinates are absolute
+// query / key indices of the slice's (batch, head).
+class AttentionHooks {
+ public:
+  virtual ~AttentionHooks() = default;
+  enum Visibility { kNone = 0, kAll = 1, kSome = 2 };
+  virtual Visibility visibility(int64_t b, int64_t h, int64_t q0, int64_t q1, int64_t k0,
+                                int64_t k1) const = 0;
+  virtual bool has_score_mod() const = 0;
+  virtual bool needs_raw_scores() const = 0;
+  // s[(q - q0) * ld + (k - k0)]: the score modifier on every pair of the block.
+  virtual void modify_scores(int64_t b, int64_t h, int64_t q0, int64_t q1, int64_t k0, int64_t k1,
+                             float* s, int64_t ld) const = 0;
+  // -inf on the pairs the mask modifier hides.
+  virtual void mask_scores(int64_t b, int64_t h, int64_t q0, int64_t q1, int64_t k0, int64_t k1,
+                           float* s, int64_t ld) const = 0;
+  // grad *= d(modified score) / d(score), given the raw scores.
+  virtual void score_backward(int64_t b, int64_t h, int64_t q0, int64_t q1, int64_t k0, int64_t k1,
+                              const float* raw, float* grad, int64_t ld) const = 0;
+  // Pair-wise forms, for the oracle.
+  virtual bool allowed(int64_t b, int64_t h, int64_t q, int64_t k) const = 0;
+  virtual float score(float s, int64_t b, int64_t h, int64_t q, int64_t k) const = 0;
+  virtual float derivative(float s, int64_t b, int64_t h, int64_t q, int64_t k) const = 0;
+};
+
 // One (batch, head) slice: q [lq, d], k [lk, d], v [lk, dv], o [lq, dv].
 // Each row is contiguous; row strides are in elements. Masks are addressed as
 // mask[i * row_stride + j * col_stride] (a stride of 0 broadcasts).
@@ -37,6 +63,8 @@ struct AttentionSlice {
   const uint8_t* key_padding = nullptr;  // nonzero = padding, never attended
   int64_t key_padding_stride = 0;
   int64_t causal_diagonal = kNoCausal;  // query i sees key j only if j <= i + causal_diagonal
+  const AttentionHooks* hooks = nullptr;  // score / mask modifiers, or null
+  int64_t batch = 0, head = 0;            // the slice's coordinates, for the hooks
   float dropout = 0.0f;  // probability of zeroing a weight (kept ones are scaled by 1 / (1 - p))
   uint64_t dropout_seed = 0;
   uint64_t dropout_stream = 0;  // b * Hq + h: which slice, so each gets its own mask

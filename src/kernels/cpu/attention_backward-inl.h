@@ -55,6 +55,7 @@ HWY_NOINLINE void FlashAttentionBackwardImpl(const AttentionGradSlice* heads, in
   float* s = scratch.take(br * bcp);     // S, then P, then dS
   float* dpm = scratch.take(br * bcp);   // dP
   float* pd = scratch.take(br * bcp);    // P after dropout (P itself without dropout)
+  float* raw = scratch.take(br * bcp);   // S before the score modifier, when its derivative needs it
   float* dk = scratch.take(bcp * dp);    // dK of the block (unscaled)
   float* dvb = scratch.take(bcp * dvp);  // dV of the block
   float* delta = scratch.take(static_cast<size_t>(count * lq));
@@ -97,7 +98,8 @@ HWY_NOINLINE void FlashAttentionBackwardImpl(const AttentionGradSlice* heads, in
         const int64_t rows = std::min<int64_t>(kAttentionRowTile, lq - i0);
         const size_t m = static_cast<size_t>(rows);
         PackRows(RowOf(sl.q, i0, sl.q_stride, bf16), sl.q_stride, bf16, m, dim, scale, qs, dim, m);
-        if (!ScoreBlock(sl, qs, kt, i0, rows, j0, bc, n, s)) continue;
+        const bool keep_raw = sl.hooks != nullptr && sl.hooks->needs_raw_scores();
+        if (!ScoreBlock(sl, qs, kt, i0, rows, j0, bc, n, s, keep_raw ? raw : nullptr)) continue;
         // P = exp(S - lse): the forward's probabilities, exactly normalised (a
         // fully masked row has lse -inf, P = 0 and so no gradient).
         const bool dropout = sl.dropout > 0.0f;
@@ -132,6 +134,10 @@ HWY_NOINLINE void FlashAttentionBackwardImpl(const AttentionGradSlice* heads, in
           if (g.grad_bias != nullptr)
             std::copy(p, p + bc, g.grad_bias + (i0 + i) * g.grad_bias_stride + j0);
         }
+        // Through the score modifier: dS w.r.t. the scaled score q.k.
+        if (sl.hooks != nullptr && sl.hooks->has_score_mod())
+          sl.hooks->score_backward(sl.batch, sl.head, i0, i0 + rows, j0, j0 + bc,
+                                   keep_raw ? raw : nullptr, s, bcp);
         Gemm(s, bcp, 1, kr, dp, dq + (h * lq + i0) * dp, dp, m, dp, n, true);  // dQ += dS k
         Gemm(s, 1, bcp, qr, dp, dk, dp, n, dp, m, /*accumulate=*/true);          // dK += dS^T q
       }
