@@ -8,6 +8,7 @@
 #include "qkv/nn.h"
 #include "qkv/ops.h"
 #include "qkv/safetensors.h"
+#include "qkv/scoring.h"
 #include "qkv/tensor.h"
 #include "qkv/threads.h"
 #include "qkv/version.h"

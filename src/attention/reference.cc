@@ -5,56 +5,16 @@
 #include <limits>
 #include <vector>
 
+#include "attention/dense.h"
 #include "attention/plan.h"
 #include "core/parallel.h"
 
 namespace qkv {
 namespace {
 
-double load(const void* row, int64_t i, bool bf16) {
-  return bf16 ? bf16_bits_to_f32(static_cast<const uint16_t*>(row)[i])
-              : static_cast<const float*>(row)[i];
-}
-
-// Whether key j is hidden from query i in slice s.
-bool hidden(const kernels::AttentionSlice& s, int64_t i, int64_t j) {
-  return (s.causal_diagonal != kernels::kNoCausal && j > i + s.causal_diagonal) ||
-         (s.key_padding && s.key_padding[j * s.key_padding_stride]) ||
-         (s.allowed && !s.allowed[i * s.allowed_row_stride + j * s.allowed_col_stride]) ||
-         (s.hooks && !s.hooks->allowed(s.batch, s.head, i, j));
-}
-
-// The scaled score of (i, j) before the score modifier, in double.
-double raw_score(const kernels::AttentionSlice& s, int64_t i, int64_t j) {
-  const int64_t elem = s.bf16 ? 2 : 4;
-  const char* q = static_cast<const char*>(s.q) + i * s.q_stride * elem;
-  const char* k = static_cast<const char*>(s.k) + j * s.k_stride * elem;
-  double dot = 0;
-  for (int64_t c = 0; c < s.d; ++c) dot += load(q, c, s.bf16) * load(k, c, s.bf16);
-  return dot * s.scale;
-}
-
-// Row i's probabilities in double, and its log-sum-exp; all zero and -inf
-// when every key is hidden.
-double probabilities(const kernels::AttentionSlice& s, int64_t i, std::vector<double>& p) {
-  double top = -std::numeric_limits<double>::infinity();
-  for (int64_t j = 0; j < s.lk; ++j) {
-    double score = raw_score(s, i, j);
-    if (s.hooks && s.hooks->has_score_mod())
-      score = s.hooks->score(static_cast<float>(score), s.batch, s.head, i, j);
-    if (s.bias) score += s.bias[i * s.bias_row_stride + j * s.bias_col_stride];
-    p[j] = hidden(s, i, j) ? -std::numeric_limits<double>::infinity() : score;
-    top = std::max(top, p[j]);
-  }
-  if (top == -std::numeric_limits<double>::infinity()) {
-    std::fill(p.begin(), p.end(), 0.0);
-    return top;
-  }
-  double total = 0;
-  for (double& x : p) total += (x = std::exp(x - top));
-  for (double& x : p) x /= total;
-  return top + std::log(total);
-}
+using detail::load;
+using detail::probabilities;
+using detail::raw_score;
 
 // One (batch, head) slice of the forward, every row, in double.
 void reference_slice(const kernels::AttentionSlice& s) {
@@ -63,7 +23,7 @@ void reference_slice(const kernels::AttentionSlice& s) {
   for (int64_t i = 0; i < s.lq; ++i) {
     const double lse = probabilities(s, i, p);
     if (s.dropout > 0)
-      for (int64_t j = 0; j < s.lk; ++j) p[j] = kernels::DropoutKeep(s, i, j) ? p[j] / (1.0 - s.dropout) : 0.0;
+      for (int64_t j = 0; j < s.lk; ++j) p[j] *= detail::dropout_scale(s, i, j);
     float* out = s.o + i * s.o_stride;
     for (int64_t c = 0; c < s.dv; ++c) {
       double acc = 0;
@@ -141,7 +101,7 @@ AttentionGradients attention_backward_reference(const Tensor& grad_output, const
           double delta = 0;
           for (int64_t j = 0; j < plan.lk; ++j) {
             // The weight that multiplied v_j, and d(loss)/d(P_ij) through it.
-            const double keep = s.dropout > 0 ? (kernels::DropoutKeep(s, i, j) ? 1.0 / (1.0 - s.dropout) : 0.0) : 1.0;
+            const double keep = detail::dropout_scale(s, i, j);
             double dp = 0;
             for (int64_t c = 0; c < plan.dv; ++c) {
               dp += go[c * dout.stride(3)] * vval(j, c);
