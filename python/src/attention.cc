@@ -1,6 +1,7 @@
 // qkv.attention: the fused scaled dot-product attention of qkv/attention.h.
 #include <nanobind/stl/optional.h>
 #include <nanobind/stl/pair.h>
+#include <nanobind/stl/shared_ptr.h>
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/tuple.h>
 #include <nanobind/stl/vector.h>
@@ -13,6 +14,7 @@
 
 #include "bindings.h"
 #include "qkv/attention.h"
+#include "qkv/modifiers.h"
 
 namespace qkv::python {
 namespace {
@@ -44,12 +46,15 @@ void bind_attention(nb::module_& m) {
       [](const Tensor& q, const Tensor& k, const Tensor& v, std::optional<double> scale,
          nb::handle causal, std::optional<Tensor> mask, std::optional<Tensor> key_padding_mask,
          const std::string& layout, double dropout, uint64_t dropout_seed, bool return_lse,
-         std::vector<int64_t> weights_heads, bool reference) -> nb::object {
+         std::vector<int64_t> weights_heads, bool reference, std::shared_ptr<MaskMod> mask_mod,
+         std::shared_ptr<ScoreMod> score_mod) -> nb::object {
         AttentionOptions options{.layout = parse_layout(layout),
                                  .scale = scale,
                                  .causal = parse_causal(causal),
                                  .mask = mask.value_or(Tensor()),
                                  .key_padding_mask = key_padding_mask.value_or(Tensor()),
+                                 .mask_mod = std::move(mask_mod),
+                                 .score_mod = std::move(score_mod),
                                  .dropout = dropout,
                                  .dropout_seed = dropout_seed,
                                  .return_lse = return_lse,
@@ -71,13 +76,16 @@ void bind_attention(nb::module_& m) {
       nb::arg("key_padding_mask") = nb::none(), nb::arg("layout") = "bhld",
       nb::arg("dropout") = 0.0, nb::arg("dropout_seed") = 0, nb::arg("return_lse") = false,
       nb::arg("weights_heads") = std::vector<int64_t>{}, nb::arg("reference") = false,
+      nb::arg("mask_mod").none() = nb::none(), nb::arg("score_mod").none() = nb::none(),
       "Fused scaled dot-product attention. q: [B, Hq, Lq, D] (or [B, Lq, Hq, D] with "
       "layout='blhd'); k, v with Hkv dividing Hq. mask: bool (True = may attend) or a float "
       "bias, broadcastable to [B, Hq, Lq, Lk]; key_padding_mask: bool [B, Lk], True = padding. "
       "A fully masked row gives 0 (log-sum-exp -inf). dropout / dropout_seed: seeded dropout on "
       "the weights (see attention_dropout_mask). Returns the f32 output; with return_lse and/or "
       "weights_heads a tuple (output[, lse][, weights]), weights [B, len(weights_heads), Lq, Lk] "
-      "before dropout. reference=True runs the double-precision oracle instead.");
+      "before dropout. reference=True runs the double-precision oracle instead. mask_mod (a "
+      "qkv.MaskMod) hides pairs and score_mod (a qkv.ScoreMod) rewrites the scaled scores "
+      "before the mask is added (FlexAttention-style).");
   m.def("attention_dropout_mask", &qkv::attention_dropout_mask, nb::arg("batch"), nb::arg("heads"),
         nb::arg("lq"), nb::arg("lk"), nb::arg("dropout"), nb::arg("seed"),
         "The bool [B, H, Lq, Lk] keep-mask attention(dropout=p, dropout_seed=seed) applies.");
@@ -91,12 +99,14 @@ void bind_attention_backward(nb::module_& m) {
          std::optional<Tensor> output, std::optional<Tensor> lse, std::optional<double> scale,
          nb::handle causal, std::optional<Tensor> mask, std::optional<Tensor> key_padding_mask,
          const std::string& layout, double dropout, uint64_t dropout_seed, bool mask_requires_grad,
-         bool reference) {
+         bool reference, std::shared_ptr<MaskMod> mask_mod, std::shared_ptr<ScoreMod> score_mod) {
         AttentionOptions options{.layout = parse_layout(layout),
                                  .scale = scale,
                                  .causal = parse_causal(causal),
                                  .mask = mask.value_or(Tensor()),
                                  .key_padding_mask = key_padding_mask.value_or(Tensor()),
+                                 .mask_mod = std::move(mask_mod),
+                                 .score_mod = std::move(score_mod),
                                  .dropout = dropout,
                                  .dropout_seed = dropout_seed};
         AttentionGradients g;
@@ -121,10 +131,12 @@ void bind_attention_backward(nb::module_& m) {
       nb::arg("causal") = false, nb::arg("mask") = nb::none(),
       nb::arg("key_padding_mask") = nb::none(), nb::arg("layout") = "bhld",
       nb::arg("dropout") = 0.0, nb::arg("dropout_seed") = 0, nb::arg("mask_requires_grad") = false,
-      nb::arg("reference") = false,
+      nb::arg("reference") = false, nb::arg("mask_mod").none() = nb::none(),
+      nb::arg("score_mod").none() = nb::none(),
       "Gradients of attention(): a dict with 'q', 'k', 'v' (f32, shaped like the inputs) and "
       "'mask' (the additive mask's gradient when mask_requires_grad). Pass the forward's output "
-      "and lse (attention(..., return_lse=True)); reference=True recomputes in double instead.");
+      "and lse (attention(..., return_lse=True)); reference=True recomputes in double instead. "
+      "Pass the same mask_mod / score_mod as the forward.");
 }
 
 }  // namespace qkv::python

@@ -24,5 +24,6 @@ void bind_io(nb::module_& m);
 void bind_attention(nb::module_& m);
 void bind_attention_backward(nb::module_& m);
 void bind_nn(nb::module_& m);
+void bind_modifiers(nb::module_& m);
 
 }  // namespace qkv::python
