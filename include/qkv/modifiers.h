@@ -37,6 +37,9 @@ class MaskMod {
   // Writes -inf into scores[(q - q_begin) * ld + (kv - kv_begin)] for every hidden
   // pair of the block; the default evaluates every pair.
   virtual void apply(const AttentionBlock& block, float* scores, int64_t ld) const;
+  // Throws qkv::Error when the modifier cannot serve scores of this shape (a
+  // document-id tensor too short, say). attention() calls it once per call.
+  virtual void check(int64_t batch, int64_t heads, int64_t lq, int64_t lk) const;
 };
 using MaskModPtr = std::shared_ptr<const MaskMod>;
 

@@ -62,6 +62,12 @@ class Storage {
   Device device_;
 };
 
+// Freed blocks of 1 MiB and more are kept (up to 1 GiB) and reused by the next
+// allocation of the same size, so a training or inference step does not pay
+// for fresh pages every time. These report and return that idle memory.
+size_t cached_storage_bytes();
+void release_cached_storage();
+
 class Tensor {
  public:
   Tensor() = default;  // undefined: defined() is false

@@ -24,6 +24,7 @@ void bind_io(nb::module_& m);
 void bind_attention(nb::module_& m);
 void bind_attention_backward(nb::module_& m);
 void bind_nn(nb::module_& m);
+void bind_scoring(nb::module_& m);
 void bind_modifiers(nb::module_& m);
 
 }  // namespace qkv::python

@@ -26,4 +26,5 @@ NB_MODULE(_qkv, m) {
   qkv::python::bind_attention(m);
   qkv::python::bind_attention_backward(m);
   qkv::python::bind_nn(m);
+  qkv::python::bind_scoring(m);
 }

@@ -83,6 +83,11 @@ class DocumentMask : public MaskMod {
   bool allowed(int64_t b, int64_t, int64_t q, int64_t kv) const override {
     return id(b, q) == id(b, kv);
   }
+  void check(int64_t batch, int64_t, int64_t lq, int64_t lk) const override {
+    QKV_CHECK(ids_.size(0) == batch && ids_.size(1) >= std::max(lq, lk),
+              "document_mask: document_ids has shape ", shape_string(ids_.shape()),
+              "; attention needs [B, L] = [", batch, ", ", std::max(lq, lk), "] (or longer rows)");
+  }
   BlockVisibility visibility(const AttentionBlock& blk) const override {
     if (blk.q_begin >= blk.q_end || blk.kv_begin >= blk.kv_end) return BlockVisibility::none;
     const auto [qlo, qhi] = range(blk.batch, blk.q_begin, blk.q_end);
@@ -127,6 +132,10 @@ class CustomMask : public MaskMod {
 class AndMask : public MaskMod {
  public:
   AndMask(MaskModPtr a, MaskModPtr b) : a_(std::move(a)), b_(std::move(b)) {}
+  void check(int64_t batch, int64_t heads, int64_t lq, int64_t lk) const override {
+    a_->check(batch, heads, lq, lk);
+    b_->check(batch, heads, lq, lk);
+  }
   bool allowed(int64_t b, int64_t h, int64_t q, int64_t kv) const override {
     return a_->allowed(b, h, q, kv) && b_->allowed(b, h, q, kv);
   }
@@ -150,6 +159,10 @@ class AndMask : public MaskMod {
 class OrMask : public MaskMod {
  public:
   OrMask(MaskModPtr a, MaskModPtr b) : a_(std::move(a)), b_(std::move(b)) {}
+  void check(int64_t batch, int64_t heads, int64_t lq, int64_t lk) const override {
+    a_->check(batch, heads, lq, lk);
+    b_->check(batch, heads, lq, lk);
+  }
   bool allowed(int64_t b, int64_t h, int64_t q, int64_t kv) const override {
     return a_->allowed(b, h, q, kv) || b_->allowed(b, h, q, kv);
   }
@@ -236,6 +249,8 @@ void MaskMod::apply(const AttentionBlock& b, float* scores, int64_t ld) const {
     for (int64_t kv = b.kv_begin; kv < b.kv_end; ++kv)
       if (!allowed(b.batch, b.head, q, kv)) scores[(q - b.q_begin) * ld + kv - b.kv_begin] = kMinusInf;
 }
+
+void MaskMod::check(int64_t, int64_t, int64_t, int64_t) const {}
 
 float ScoreMod::derivative(float, int64_t, int64_t, int64_t, int64_t) const { return 1.0f; }
 

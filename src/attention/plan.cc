@@ -77,6 +77,7 @@ AttentionPlan plan_attention(const Tensor& q_in, const Tensor& k_in, const Tenso
     QKV_CHECK(h >= 0 && h < p.heads, op, ": weights_heads has head ", h, "; q has ", p.heads,
               " heads");
   p.weights_heads = options.weights_heads;
+  if (options.mask_mod) options.mask_mod->check(p.batch, p.heads, p.lq, p.lk);
   if (options.mask_mod || options.score_mod)
     p.hooks = std::make_shared<ModifierHooks>(options.mask_mod, options.score_mod);
 

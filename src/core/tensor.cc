@@ -8,8 +8,7 @@
 #include <limits>
 #include <numeric>
 
-#include <sys/mman.h>
-
+#include "core/allocator.h"
 #include "core/parallel.h"
 #include "core/strided.h"
 
@@ -20,25 +19,10 @@ namespace qkv {
 std::shared_ptr<Storage> Storage::allocate(size_t nbytes, Device device) {
   QKV_CHECK(device.type == DeviceType::cpu, "Storage::allocate: device ", qkv::to_string(device),
             " is not available in this build");
-  // aligned_alloc wants a multiple of the alignment; never ask for 0 bytes.
-  const size_t rounded = std::max<size_t>(kStorageAlignment,
-                                          (nbytes + kStorageAlignment - 1) / kStorageAlignment *
-                                              kStorageAlignment);
-  QKV_CHECK(rounded >= nbytes, "Storage::allocate: ", nbytes, " bytes is too large");
-  void* data = std::aligned_alloc(kStorageAlignment, rounded);
-  QKV_CHECK(data != nullptr, "Storage::allocate: out of memory allocating ", nbytes, " bytes");
-  // Large blocks are fresh mmap'd pages (glibc), faulted in on first write.
-  // With THP defrag in its default "madvise" mode only madvised ranges get
-  // 2 MiB pages on a fault: ~5 ms per 64 MiB here against ~30 ms in 4 KiB
-  // pages. Advisory, so the result is not checked.
-  constexpr size_t kHugePage = size_t{2} << 20;
-  if (rounded >= 2 * kHugePage) {
-    const auto begin = reinterpret_cast<uintptr_t>(data);
-    const uintptr_t first = (begin + kHugePage - 1) & ~(kHugePage - 1);
-    const uintptr_t last = (begin + rounded) & ~(kHugePage - 1);
-    if (last > first) madvise(reinterpret_cast<void*>(first), last - first, MADV_HUGEPAGE);
-  }
-  return std::shared_ptr<Storage>(new Storage(data, nbytes, [data] { std::free(data); }, device));
+  size_t capacity = 0;
+  void* data = detail::allocate_block(nbytes, capacity);
+  return std::shared_ptr<Storage>(
+      new Storage(data, nbytes, [data, capacity] { detail::free_block(data, capacity); }, device));
 }
 
 std::shared_ptr<Storage> Storage::wrap(void* data, size_t nbytes, std::function<void()> release,
