@@ -32,6 +32,26 @@ TEST(Tensor, FactoriesAndAlignment) {
   EXPECT_FALSE(Tensor().defined());
 }
 
+TEST(Storage, LargeBlocksAreReusedAndReleasable) {
+  release_cached_storage();
+  void* first = nullptr;
+  {
+    Tensor big = Tensor::empty({3 << 20});  // 12 MiB
+    first = big.raw_data();
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(first) % kStorageAlignment, 0u);
+  }
+  EXPECT_GE(cached_storage_bytes(), size_t{12} << 20);
+  Tensor again = Tensor::empty({3 << 20});
+  EXPECT_EQ(again.raw_data(), first);  // the freed block, not fresh pages
+  EXPECT_EQ(cached_storage_bytes(), 0u);
+  again = Tensor();
+  release_cached_storage();
+  EXPECT_EQ(cached_storage_bytes(), 0u);
+  Tensor small = Tensor::empty({100});  // small blocks are not cached
+  small = Tensor();
+  EXPECT_EQ(cached_storage_bytes(), 0u);
+}
+
 TEST(Tensor, SliceSelectNarrowShareStorage) {
   Tensor t = iota({4, 6});
   Tensor s = t.slice(1, 1, 6, 2);  // columns 1, 3, 5
