@@ -57,6 +57,36 @@ void run_split(const detail::AttentionPlan& plan, const AttentionResult& result,
   }
 }
 
+// Decode with grouped-query heads: the query heads that share a K/V head
+// become the rows of one tile, so k and v are read once per group instead of
+// once per query head. Only where a tile row may stand for a head: one query,
+// and nothing that depends on the row index beyond the causal diagonal
+// (bottom-right with one query shows every key).
+bool grouped_decode(const detail::AttentionPlan& plan) {
+  const int64_t group = plan.kv_heads > 0 ? plan.heads / plan.kv_heads : 0;
+  return plan.lq == 1 && group > 1 && group <= kernels::kAttentionRowTile &&
+         !plan.allowed.defined() && !plan.bias.defined() && !plan.hooks && plan.dropout == 0 &&
+         plan.weights_heads.empty() &&
+         (plan.causal_diagonal == kernels::kNoCausal || plan.causal_diagonal >= plan.lk - 1);
+}
+
+void run_grouped_decode(const detail::AttentionPlan& plan, const AttentionResult& result,
+                        size_t workspace_floats) {
+  const int64_t group = plan.heads / plan.kv_heads;
+  const Tensor out = detail::AttentionPlan::output_bhld(result, plan.layout);
+  detail::parallel_for(0, plan.batch * plan.kv_heads, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> workspace(workspace_floats);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / plan.kv_heads, first = task % plan.kv_heads * group;
+      kernels::AttentionSlice slice = plan.slice(b, first, result);
+      slice.lq = group;  // rows are the group's heads, one query each
+      slice.q_stride = plan.q.stride(1);
+      slice.o_stride = out.stride(1);
+      kernels::FlashAttentionForward(slice, 0, group, workspace.data());
+    }
+  });
+}
+
 }  // namespace
 
 AttentionResult attention(const Tensor& q, const Tensor& k, const Tensor& v,
@@ -68,7 +98,9 @@ AttentionResult attention(const Tensor& q, const Tensor& k, const Tensor& v,
   const int64_t tasks = plan.batch * plan.heads * tiles;
   const size_t workspace_floats = kernels::AttentionWorkspaceFloats(plan.d, plan.dv);
   const int64_t splits = key_splits(tasks, plan.lk);
-  if (splits > 1) {
+  if (grouped_decode(plan)) {
+    run_grouped_decode(plan, result, workspace_floats);
+  } else if (splits > 1) {
     run_split(plan, result, tiles, splits, workspace_floats);
   } else {
     detail::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {

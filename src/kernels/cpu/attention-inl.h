@@ -36,6 +36,8 @@ namespace hn = hwy::HWY_NAMESPACE;
 // registers; targets with 16 registers use 4 x 2.
 inline constexpr int kTileVecs = HWY_TARGET <= HWY_AVX3 ? 4 : 2;
 inline constexpr int kTileRows = 4;
+// Query tiles of at most this many rows (decode) skip packing k and v.
+inline constexpr int64_t kDirectRows = 4;
 
 // C[0:R, 0:V*Lanes] (+)= A[0:R, 0:k] B[0:k, 0:V*Lanes], A[r, p] at
 // a[r * a_row + p * a_col] (so A may be read transposed), B and C row-major.
@@ -175,9 +177,59 @@ HWY_INLINE bool ApplyMasks(const AttentionSlice& sl, int64_t r0, int64_t rows, i
 // vectors), modified and masked. False when every entry is hidden: the block
 // is skipped (before any arithmetic when the mask modifier says so). With
 // `raw`, the scores before the score modifier are kept there.
-HWY_INLINE bool ScoreBlock(const AttentionSlice& sl, const float* qs, const float* kt, int64_t r0,
-                           int64_t rows, int64_t j0, int64_t bc, size_t n, float* s,
-                           float* raw = nullptr) {
+// Scores of a few query rows straight from k's rows (no k^T packing): for
+// decode, where packing would cost more than the dot products. qs rows are
+// ldq apart and zero-padded to ldq = RoundUp(d, 16); kbuf holds ldq floats.
+HWY_INLINE void DirectScores(const AttentionSlice& sl, const float* qs, size_t ldq, int64_t rows,
+                             int64_t j0, int64_t bc, float* s, float* kbuf) {
+  const DF d;
+  const size_t lanes = hn::Lanes(d), dim = static_cast<size_t>(sl.d);
+  const size_t bcp = static_cast<size_t>(kAttentionKeyBlock);
+  const bool in_place = !sl.bf16 && ldq == dim;  // f32 rows already whole vectors
+  for (int64_t j = 0; j < bc; ++j) {
+    const void* k_row = RowOf(sl.k, j0 + j, sl.k_stride, sl.bf16);
+    const float* kr = static_cast<const float*>(k_row);
+    if (!in_place) {
+      PackRows(k_row, sl.k_stride, sl.bf16, 1, dim, 1.0f, kbuf, ldq, 1);
+      kr = kbuf;
+    }
+    for (int64_t r = 0; r < rows; ++r) {
+      VF acc = hn::Zero(d);
+      for (size_t c = 0; c < ldq; c += lanes)
+        acc = hn::MulAdd(hn::Load(d, qs + r * ldq + c), hn::LoadU(d, kr + c), acc);
+      s[r * bcp + j] = hn::GetLane(hn::SumOfLanes(d, acc));
+    }
+  }
+}
+
+// acc[r, :] += sum_j p[r, j] v_j for a few rows, straight from v's rows.
+HWY_INLINE void DirectValues(const AttentionSlice& sl, const float* p, int64_t rows, int64_t j0,
+                             int64_t bc, float* acc, size_t dvp, float* vbuf) {
+  const DF d;
+  const size_t lanes = hn::Lanes(d), dv = static_cast<size_t>(sl.dv);
+  const size_t bcp = static_cast<size_t>(kAttentionKeyBlock);
+  const bool in_place = !sl.bf16 && dvp == dv;
+  for (int64_t j = 0; j < bc; ++j) {
+    const void* v_row = RowOf(sl.v, j0 + j, sl.v_stride, sl.bf16);
+    const float* vr = static_cast<const float*>(v_row);
+    if (!in_place) {
+      PackRows(v_row, sl.v_stride, sl.bf16, 1, dv, 1.0f, vbuf, dvp, 1);
+      vr = vbuf;
+    }
+    for (int64_t r = 0; r < rows; ++r) {
+      const float w = p[r * bcp + j];
+      if (w == 0.0f) continue;
+      const VF vw = hn::Set(d, w);
+      float* o = acc + r * dvp;
+      for (size_t c = 0; c < dvp; c += lanes)
+        hn::Store(hn::MulAdd(vw, hn::LoadU(d, vr + c), hn::Load(d, o + c)), d, o + c);
+    }
+  }
+}
+
+HWY_INLINE bool ScoreBlock(const AttentionSlice& sl, const float* qs, size_t ldq, const float* kt,
+                           int64_t r0, int64_t rows, int64_t j0, int64_t bc, size_t n, float* s,
+                           float* raw = nullptr, float* kbuf = nullptr) {
   const size_t dim = static_cast<size_t>(sl.d), bcp = static_cast<size_t>(kAttentionKeyBlock);
   const AttentionHooks* hooks = sl.hooks;
   AttentionHooks::Visibility visibility = AttentionHooks::kAll;
@@ -185,7 +237,10 @@ HWY_INLINE bool ScoreBlock(const AttentionSlice& sl, const float* qs, const floa
     visibility = hooks->visibility(sl.batch, sl.head, r0, r0 + rows, j0, j0 + bc);
     if (visibility == AttentionHooks::kNone) return false;
   }
-  Gemm(qs, dim, 1, kt, bcp, s, bcp, static_cast<size_t>(rows), n, dim, /*accumulate=*/false);
+  if (kt != nullptr)
+    Gemm(qs, ldq, 1, kt, bcp, s, bcp, static_cast<size_t>(rows), n, dim, /*accumulate=*/false);
+  else
+    DirectScores(sl, qs, ldq, rows, j0, bc, s, kbuf);
   if (hooks != nullptr && hooks->has_score_mod()) {
     if (raw != nullptr) std::copy(s, s + rows * bcp, raw);
     hooks->modify_scores(sl.batch, sl.head, r0, r0 + rows, j0, j0 + bc, s, bcp);
@@ -247,9 +302,12 @@ HWY_INLINE void ForwardTile(const AttentionSlice& sl, int64_t row_begin, int64_t
   const size_t dvp = RoundUp(static_cast<size_t>(sl.dv), 16);
   const size_t bcp = static_cast<size_t>(kAttentionKeyBlock);  // a multiple of every Lanes
 
+  // A few rows (decode) read k and v in place; more rows pack them per block.
+  const bool direct = rows <= kDirectRows;
+  const size_t dp = RoundUp(dim, 16);
   // Scratch: q tile, k^T block, v block, scores / probabilities, then the state.
-  float* qt = scratch.take(kAttentionRowTile * dim);
-  float* kt = scratch.take(dim * bcp);
+  float* qt = scratch.take(kAttentionRowTile * dp);
+  float* kt = scratch.take(dp * bcp);
   float* vb = scratch.take(bcp * dvp);
   float* s = scratch.take(kAttentionRowTile * bcp);
   st = TileState{scratch.take(kAttentionRowTile), scratch.take(kAttentionRowTile),
@@ -260,7 +318,7 @@ HWY_INLINE void ForwardTile(const AttentionSlice& sl, int64_t row_begin, int64_t
 
   // The scale is folded into q once, not applied to every score.
   PackRows(RowOf(sl.q, row_begin, sl.q_stride, sl.bf16), sl.q_stride, sl.bf16,
-           static_cast<size_t>(rows), dim, sl.scale, qt, dim, static_cast<size_t>(rows));
+           static_cast<size_t>(rows), dim, sl.scale, qt, dp, static_cast<size_t>(rows));
   std::fill(acc, acc + rows * dvp, 0.0f);
   std::fill(m, m + rows, kMinusInf);
   std::fill(l, l + rows, 0.0f);
@@ -270,13 +328,14 @@ HWY_INLINE void ForwardTile(const AttentionSlice& sl, int64_t row_begin, int64_t
   for (int64_t j0 = key_begin; j0 < key_end; j0 += kAttentionKeyBlock) {
     const int64_t bc = std::min<int64_t>(kAttentionKeyBlock, key_end - j0);
     const size_t n = RoundUp(static_cast<size_t>(bc), lanes);
-    // Pack k^T and v for the block; columns / rows past bc are zero.
-    PackColumns(RowOf(sl.k, j0, sl.k_stride, sl.bf16), sl.k_stride, sl.bf16,
-                static_cast<size_t>(bc), dim, kt, bcp);
-    PackRows(RowOf(sl.v, j0, sl.v_stride, sl.bf16), sl.v_stride, sl.bf16, static_cast<size_t>(bc),
-             static_cast<size_t>(sl.dv), 1.0f, vb, dvp, n);
-
-    if (!ScoreBlock(sl, qt, kt, row_begin, rows, j0, bc, n, s)) continue;  // whole block hidden
+    if (!direct) {  // pack k^T and v for the block; columns / rows past bc are zero
+      PackColumns(RowOf(sl.k, j0, sl.k_stride, sl.bf16), sl.k_stride, sl.bf16,
+                  static_cast<size_t>(bc), dim, kt, bcp);
+      PackRows(RowOf(sl.v, j0, sl.v_stride, sl.bf16), sl.v_stride, sl.bf16,
+               static_cast<size_t>(bc), static_cast<size_t>(sl.dv), 1.0f, vb, dvp, n);
+    }
+    if (!ScoreBlock(sl, qt, dp, direct ? nullptr : kt, row_begin, rows, j0, bc, n, s, nullptr, kt))
+      continue;  // whole block hidden
 
     // Online softmax, row by row; the padding columns [bc, n) become exp(-inf) = 0.
     for (int64_t i = 0; i < rows; ++i) {
@@ -307,7 +366,10 @@ HWY_INLINE void ForwardTile(const AttentionSlice& sl, int64_t row_begin, int64_t
       // l sums the weights before dropout; only what reaches v is dropped.
       if (sl.dropout > 0.0f) ApplyDropout(sl, row_begin + i, j0, bc, row, row);
     }
-    Gemm(s, bcp, 1, vb, dvp, acc, dvp, static_cast<size_t>(rows), dvp, n, /*accumulate=*/true);
+    if (direct)
+      DirectValues(sl, s, rows, j0, bc, acc, dvp, vb);
+    else
+      Gemm(s, bcp, 1, vb, dvp, acc, dvp, static_cast<size_t>(rows), dvp, n, /*accumulate=*/true);
   }
 }
 
@@ -364,7 +426,7 @@ HWY_NOINLINE void AttentionProbabilitiesImpl(const AttentionSlice& sl, int64_t r
     const size_t n = RoundUp(static_cast<size_t>(bc), hn::Lanes(d));
     PackColumns(RowOf(sl.k, j0, sl.k_stride, sl.bf16), sl.k_stride, sl.bf16,
                 static_cast<size_t>(bc), dim, kt, bcp);
-    if (!ScoreBlock(sl, qt, kt, row_begin, rows, j0, bc, n, s)) continue;
+    if (!ScoreBlock(sl, qt, dim, kt, row_begin, rows, j0, bc, n, s)) continue;
     for (int64_t i = 0; i < rows; ++i) {
       float* row = s + i * bcp;
       ProbabilitiesFromLse(d, row, sl.lse[row_begin + i], bc, n);

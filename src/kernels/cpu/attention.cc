@@ -27,7 +27,8 @@ size_t AttentionWorkspaceFloats(int64_t d, int64_t dv) {
   // in attention-inl.h.
   const int64_t dvp = (dv + 15) / 16 * 16;
   const int64_t br = kAttentionRowTile, bc = kAttentionKeyBlock;
-  return static_cast<size_t>(br * d + d * bc + bc * dvp + br * bc + br * dvp + 2 * br + 128);  // + alignment slack
+  const int64_t dp = (d + 15) / 16 * 16;
+  return static_cast<size_t>(br * dp + dp * bc + bc * dvp + br * bc + br * dvp + 2 * br + 128);  // + alignment slack
 }
 
 void FlashAttentionForward(const AttentionSlice& slice, int64_t row_begin, int64_t row_end,

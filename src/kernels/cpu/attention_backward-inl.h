@@ -99,7 +99,7 @@ HWY_NOINLINE void FlashAttentionBackwardImpl(const AttentionGradSlice* heads, in
         const size_t m = static_cast<size_t>(rows);
         PackRows(RowOf(sl.q, i0, sl.q_stride, bf16), sl.q_stride, bf16, m, dim, scale, qs, dim, m);
         const bool keep_raw = sl.hooks != nullptr && sl.hooks->needs_raw_scores();
-        if (!ScoreBlock(sl, qs, kt, i0, rows, j0, bc, n, s, keep_raw ? raw : nullptr)) continue;
+        if (!ScoreBlock(sl, qs, dim, kt, i0, rows, j0, bc, n, s, keep_raw ? raw : nullptr)) continue;
         // P = exp(S - lse): the forward's probabilities, exactly normalised (a
         // fully masked row has lse -inf, P = 0 and so no gradient).
         const bool dropout = sl.dropout > 0.0f;
