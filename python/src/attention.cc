@@ -38,6 +38,22 @@ Causal parse_causal(const nb::handle& causal) {
                           nb::cast<std::string>(nb::str(causal))));
 }
 
+// The keyword arguments attention() and attention_backward() share.
+AttentionOptions make_options(std::optional<double> scale, nb::handle causal,
+                              std::optional<Tensor> mask, std::optional<Tensor> key_padding_mask,
+                              const std::string& layout, double dropout, uint64_t dropout_seed,
+                              std::shared_ptr<MaskMod> mask_mod, std::shared_ptr<ScoreMod> score_mod) {
+  return AttentionOptions{.layout = parse_layout(layout),
+                          .scale = scale,
+                          .causal = parse_causal(causal),
+                          .mask = mask.value_or(Tensor()),
+                          .key_padding_mask = key_padding_mask.value_or(Tensor()),
+                          .mask_mod = std::move(mask_mod),
+                          .score_mod = std::move(score_mod),
+                          .dropout = dropout,
+                          .dropout_seed = dropout_seed};
+}
+
 }  // namespace
 
 void bind_attention(nb::module_& m) {
@@ -48,17 +64,10 @@ void bind_attention(nb::module_& m) {
          const std::string& layout, double dropout, uint64_t dropout_seed, bool return_lse,
          std::vector<int64_t> weights_heads, bool reference, std::shared_ptr<MaskMod> mask_mod,
          std::shared_ptr<ScoreMod> score_mod) -> nb::object {
-        AttentionOptions options{.layout = parse_layout(layout),
-                                 .scale = scale,
-                                 .causal = parse_causal(causal),
-                                 .mask = mask.value_or(Tensor()),
-                                 .key_padding_mask = key_padding_mask.value_or(Tensor()),
-                                 .mask_mod = std::move(mask_mod),
-                                 .score_mod = std::move(score_mod),
-                                 .dropout = dropout,
-                                 .dropout_seed = dropout_seed,
-                                 .return_lse = return_lse,
-                                 .weights_heads = std::move(weights_heads)};
+        AttentionOptions options = make_options(scale, causal, mask, key_padding_mask, layout, dropout,
+                                                dropout_seed, std::move(mask_mod), std::move(score_mod));
+        options.return_lse = return_lse;
+        options.weights_heads = std::move(weights_heads);
         AttentionResult r;
         {
           nb::gil_scoped_release release;
@@ -100,15 +109,9 @@ void bind_attention_backward(nb::module_& m) {
          nb::handle causal, std::optional<Tensor> mask, std::optional<Tensor> key_padding_mask,
          const std::string& layout, double dropout, uint64_t dropout_seed, bool mask_requires_grad,
          bool reference, std::shared_ptr<MaskMod> mask_mod, std::shared_ptr<ScoreMod> score_mod) {
-        AttentionOptions options{.layout = parse_layout(layout),
-                                 .scale = scale,
-                                 .causal = parse_causal(causal),
-                                 .mask = mask.value_or(Tensor()),
-                                 .key_padding_mask = key_padding_mask.value_or(Tensor()),
-                                 .mask_mod = std::move(mask_mod),
-                                 .score_mod = std::move(score_mod),
-                                 .dropout = dropout,
-                                 .dropout_seed = dropout_seed};
+        const AttentionOptions options =
+            make_options(scale, causal, mask, key_padding_mask, layout, dropout, dropout_seed,
+                         std::move(mask_mod), std::move(score_mod));
         AttentionGradients g;
         {
           nb::gil_scoped_release release;
