@@ -327,6 +327,68 @@ def test_bias_dtypes():
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
+# ---- decode: one or a few queries (grouped-query tiles, rows read in place) -------------------
+
+
+@pytest.mark.parametrize("dtype", ["f32", "bf16"])
+@pytest.mark.parametrize("causal", [False, True, "bottom_right"])
+@pytest.mark.parametrize("Hkv", [1, 2, 4])
+def test_decode_grouped_heads(Hkv, causal, dtype):
+    """One query with grouped K/V heads (the query heads of a group share one tile)."""
+    B, Hq, D = 2, 8, 64
+    for Lk, padding in ((1, False), (130, True), (700, True)):
+        q, k, v = inputs(B, Hq, Hkv, 1, Lk, D, dtype, seed=Lk + Hkv)
+        kpm = None
+        if padding:
+            kpm = torch.zeros(B, Lk, dtype=torch.bool)
+            kpm[0, Lk // 3 :] = True
+            kpm[1, :5] = True
+        run_and_check(q, k, v, dtype, causal=causal, key_padding_mask=kpm, check_lse=True,
+                      what=f"decode Hkv={Hkv} Lk={Lk} causal={causal}")
+    # blhd layout (the head stride is the row stride of the group's tile).
+    q = random_input((B, 1, Hq, D), dtype, seed=5, scale=1.0)
+    k = random_input((B, 257, Hkv, D), dtype, seed=6, scale=1.0)
+    v = random_input((B, 257, Hkv, D), dtype, seed=7, scale=1.0)
+    run_and_check(q, k, v, dtype, causal=causal, layout="blhd", check_lse=True, what="decode blhd")
+    # All keys of batch 1 padded: 0 and -inf for every head of the group.
+    kpm = torch.zeros(B, 257, dtype=torch.bool)
+    kpm[1] = True
+    run_and_check(q, k, v, dtype, layout="blhd", key_padding_mask=kpm, check_lse=True, what="decode all padded")
+
+
+@pytest.mark.parametrize("dtype", ["f32", "bf16"])
+@pytest.mark.parametrize("Lq", [1, 2, 3, 4, 5])
+@pytest.mark.parametrize("kind", ["none", "bottom_right", "top_left", "bool_bcast_heads", "bias_neg_inf",
+                                  "key_padding_causal"])
+def test_decode_few_queries(kind, Lq, dtype):
+    B, Hq, Hkv, Lk, D = 2, 4, 2, 203, 80
+    q, k, v = inputs(B, Hq, Hkv, Lq, Lk, D, dtype, seed=Lq)
+    causal, mask, kpm = make_mask(kind, B, Hq, Lq, Lk, seed=Lq + 1)
+    run_and_check(q, k, v, dtype, causal=causal, mask=mask, key_padding_mask=kpm, check_lse=True,
+                  what=f"few queries {kind} Lq={Lq}")
+
+
+@pytest.mark.parametrize("dtype", ["f32", "bf16"])
+@pytest.mark.parametrize("Lq, Lk", [(1, 1024), (3, 3001), (64, 2048), (65, 1500)], ids=str)
+@pytest.mark.parametrize("kind", ["none", "bottom_right", "key_padding", "bias_neg_inf"])
+def test_long_keys_few_tasks(kind, Lq, Lk, dtype):
+    """Fewer (batch, head, tile) tasks than threads and a long Lk: the keys are
+    split across threads and the partial softmaxes merged."""
+    qkv.set_num_threads(2)
+    q, k, v = inputs(1, 1, 1, Lq, Lk, 64, dtype, seed=Lk)
+    causal, mask, kpm = make_mask(kind, 1, 1, Lq, Lk, seed=Lq)
+    if kind == "key_padding":  # whole key chunks padded, and a gap in the middle
+        kpm = torch.zeros(1, Lk, dtype=torch.bool)
+        kpm[0, : Lk // 2] = True
+        kpm[0, Lk - 70 :] = True
+    run_and_check(q, k, v, dtype, causal=causal, mask=mask, key_padding_mask=kpm, check_lse=True,
+                  what=f"long keys {kind} Lq={Lq} Lk={Lk}")
+    # Every key hidden: 0 and -inf, merged from all-empty parts.
+    out, lse = qkv.attention(qt(q), qt(k), qt(v), key_padding_mask=qt(torch.ones(1, Lk, dtype=torch.bool)),
+                             return_lse=True)
+    assert (to_torch(out) == 0).all() and (to_torch(lse) == -math.inf).all()
+
+
 # ---- layouts and strides -----------------------------------------------------------------------
 
 VIEWS = ["contiguous", "sliced_length", "sliced_dim", "transposed", "expanded_batch", "head_dim_strided"]
