@@ -149,7 +149,8 @@ TEST_P(AttentionTargets, FusedMatchesReference) {
   const Case cases[] = {
       {1, 1, 1, 1, 1, 16, 16},
       {1, 2, 2, 113, 203, 64, 64},
-      {2, 4, 2, 65, 64, 32, 32},                                   // GQA, tile edges
+      {2, 4, 2, 65, 64, 32, 32},                                   // GQA
+      {1, 2, 1, 193, 129, 32, 32, AttentionLayout::bhld, Causal::top_left},  // a 1-row last tile
       {1, 4, 1, 7, 130, 80, 48},                                    // MQA, Dv != D
       {2, 3, 3, 33, 77, 128, 128, AttentionLayout::blhd},
       {1, 2, 2, 129, 129, 64, 64, AttentionLayout::bhld, Causal::top_left},

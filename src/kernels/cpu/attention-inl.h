@@ -96,6 +96,10 @@ HWY_INLINE float LoadElement(const void* row, size_t i, bool bf16) {
 
 HWY_INLINE size_t RoundUp(size_t n, size_t multiple) { return (n + multiple - 1) / multiple * multiple; }
 
+// A row stride for n (a multiple of 16) floats that is not a multiple of 64:
+// rows a power-of-two apart land in the same cache sets.
+HWY_INLINE size_t PaddedStride(size_t n) { return n % 64 == 0 ? n + 16 : n; }
+
 // Regions carved from the caller's workspace, each 64-byte aligned.
 class Scratch {
  public:
@@ -184,7 +188,7 @@ HWY_INLINE void DirectScores(const AttentionSlice& sl, const float* qs, size_t l
                              int64_t j0, int64_t bc, float* s, float* kbuf) {
   const DF d;
   const size_t lanes = hn::Lanes(d), dim = static_cast<size_t>(sl.d);
-  const size_t bcp = static_cast<size_t>(kAttentionKeyBlock);
+  const size_t bcp = static_cast<size_t>(kAttentionKeyStride);
   const bool in_place = !sl.bf16 && ldq == dim;  // f32 rows already whole vectors
   for (int64_t j = 0; j < bc; ++j) {
     const void* k_row = RowOf(sl.k, j0 + j, sl.k_stride, sl.bf16);
@@ -204,10 +208,10 @@ HWY_INLINE void DirectScores(const AttentionSlice& sl, const float* qs, size_t l
 
 // acc[r, :] += sum_j p[r, j] v_j for a few rows, straight from v's rows.
 HWY_INLINE void DirectValues(const AttentionSlice& sl, const float* p, int64_t rows, int64_t j0,
-                             int64_t bc, float* acc, size_t dvp, float* vbuf) {
+                             int64_t bc, float* acc, size_t dvp, size_t ldv, float* vbuf) {
   const DF d;
   const size_t lanes = hn::Lanes(d), dv = static_cast<size_t>(sl.dv);
-  const size_t bcp = static_cast<size_t>(kAttentionKeyBlock);
+  const size_t bcp = static_cast<size_t>(kAttentionKeyStride);
   const bool in_place = !sl.bf16 && dvp == dv;
   for (int64_t j = 0; j < bc; ++j) {
     const void* v_row = RowOf(sl.v, j0 + j, sl.v_stride, sl.bf16);
@@ -220,7 +224,7 @@ HWY_INLINE void DirectValues(const AttentionSlice& sl, const float* p, int64_t r
       const float w = p[r * bcp + j];
       if (w == 0.0f) continue;
       const VF vw = hn::Set(d, w);
-      float* o = acc + r * dvp;
+      float* o = acc + r * ldv;
       for (size_t c = 0; c < dvp; c += lanes)
         hn::Store(hn::MulAdd(vw, hn::LoadU(d, vr + c), hn::Load(d, o + c)), d, o + c);
     }
@@ -230,7 +234,7 @@ HWY_INLINE void DirectValues(const AttentionSlice& sl, const float* p, int64_t r
 HWY_INLINE bool ScoreBlock(const AttentionSlice& sl, const float* qs, size_t ldq, const float* kt,
                            int64_t r0, int64_t rows, int64_t j0, int64_t bc, size_t n, float* s,
                            float* raw = nullptr, float* kbuf = nullptr) {
-  const size_t dim = static_cast<size_t>(sl.d), bcp = static_cast<size_t>(kAttentionKeyBlock);
+  const size_t dim = static_cast<size_t>(sl.d), bcp = static_cast<size_t>(kAttentionKeyStride);
   const AttentionHooks* hooks = sl.hooks;
   AttentionHooks::Visibility visibility = AttentionHooks::kAll;
   if (hooks != nullptr) {
@@ -282,12 +286,12 @@ HWY_INLINE void ApplyDropout(const AttentionSlice& sl, int64_t i, int64_t j0, in
 }
 
 // The online-softmax state of a query tile: running max m, running sum l and
-// the unnormalised output acc ([rows, dvp]), over the keys seen so far.
+// the unnormalised output acc (rows ld apart), over the keys seen so far.
 struct TileState {
   float* m;
   float* l;
   float* acc;
-  size_t dvp;
+  size_t ld;
 };
 
 // Runs query rows [row_begin, row_end) over keys [key_begin, key_end) (the
@@ -300,7 +304,8 @@ HWY_INLINE void ForwardTile(const AttentionSlice& sl, int64_t row_begin, int64_t
   const int64_t rows = row_end - row_begin;
   const size_t dim = static_cast<size_t>(sl.d);
   const size_t dvp = RoundUp(static_cast<size_t>(sl.dv), 16);
-  const size_t bcp = static_cast<size_t>(kAttentionKeyBlock);  // a multiple of every Lanes
+  const size_t ldv = PaddedStride(dvp);  // v block and accumulator rows
+  const size_t bcp = static_cast<size_t>(kAttentionKeyStride);  // a multiple of every Lanes
 
   // A few rows (decode) read k and v in place; more rows pack them per block.
   const bool direct = rows <= kDirectRows;
@@ -308,10 +313,10 @@ HWY_INLINE void ForwardTile(const AttentionSlice& sl, int64_t row_begin, int64_t
   // Scratch: q tile, k^T block, v block, scores / probabilities, then the state.
   float* qt = scratch.take(kAttentionRowTile * dp);
   float* kt = scratch.take(dp * bcp);
-  float* vb = scratch.take(bcp * dvp);
+  float* vb = scratch.take(bcp * ldv);
   float* s = scratch.take(kAttentionRowTile * bcp);
   st = TileState{scratch.take(kAttentionRowTile), scratch.take(kAttentionRowTile),
-                 scratch.take(kAttentionRowTile * dvp), dvp};
+                 scratch.take(kAttentionRowTile * ldv), ldv};
   float* acc = st.acc;
   float* m = st.m;
   float* l = st.l;
@@ -319,7 +324,7 @@ HWY_INLINE void ForwardTile(const AttentionSlice& sl, int64_t row_begin, int64_t
   // The scale is folded into q once, not applied to every score.
   PackRows(RowOf(sl.q, row_begin, sl.q_stride, sl.bf16), sl.q_stride, sl.bf16,
            static_cast<size_t>(rows), dim, sl.scale, qt, dp, static_cast<size_t>(rows));
-  std::fill(acc, acc + rows * dvp, 0.0f);
+  std::fill(acc, acc + rows * ldv, 0.0f);
   std::fill(m, m + rows, kMinusInf);
   std::fill(l, l + rows, 0.0f);
 
@@ -332,7 +337,7 @@ HWY_INLINE void ForwardTile(const AttentionSlice& sl, int64_t row_begin, int64_t
       PackColumns(RowOf(sl.k, j0, sl.k_stride, sl.bf16), sl.k_stride, sl.bf16,
                   static_cast<size_t>(bc), dim, kt, bcp);
       PackRows(RowOf(sl.v, j0, sl.v_stride, sl.bf16), sl.v_stride, sl.bf16,
-               static_cast<size_t>(bc), static_cast<size_t>(sl.dv), 1.0f, vb, dvp, n);
+               static_cast<size_t>(bc), static_cast<size_t>(sl.dv), 1.0f, vb, ldv, n);
     }
     if (!ScoreBlock(sl, qt, dp, direct ? nullptr : kt, row_begin, rows, j0, bc, n, s, nullptr, kt))
       continue;  // whole block hidden
@@ -359,7 +364,7 @@ HWY_INLINE void ForwardTile(const AttentionSlice& sl, int64_t row_begin, int64_t
       l[i] = l[i] * alpha + hn::GetLane(hn::SumOfLanes(d, vsum));
       m[i] = m_new;
       if (alpha != 1.0f) {
-        float* o = acc + i * dvp;
+        float* o = acc + i * ldv;
         const VF va = hn::Set(d, alpha);
         for (size_t c = 0; c < dvp; c += lanes) hn::Store(hn::Mul(hn::Load(d, o + c), va), d, o + c);
       }
@@ -367,9 +372,9 @@ HWY_INLINE void ForwardTile(const AttentionSlice& sl, int64_t row_begin, int64_t
       if (sl.dropout > 0.0f) ApplyDropout(sl, row_begin + i, j0, bc, row, row);
     }
     if (direct)
-      DirectValues(sl, s, rows, j0, bc, acc, dvp, vb);
+      DirectValues(sl, s, rows, j0, bc, acc, dvp, ldv, vb);
     else
-      Gemm(s, bcp, 1, vb, dvp, acc, dvp, static_cast<size_t>(rows), dvp, n, /*accumulate=*/true);
+      Gemm(s, bcp, 1, vb, ldv, acc, ldv, static_cast<size_t>(rows), dvp, n, /*accumulate=*/true);
   }
 }
 
@@ -383,7 +388,7 @@ HWY_NOINLINE void FlashAttentionForwardImpl(const AttentionSlice& sl, int64_t ro
   for (int64_t i = 0; i < rows; ++i) {
     float* out = sl.o + (row_begin + i) * sl.o_stride;
     const float inv = st.l[i] > 0.0f ? 1.0f / st.l[i] : 0.0f;  // fully masked row: output 0
-    for (int64_t c = 0; c < sl.dv; ++c) out[c] = st.acc[i * st.dvp + c] * inv;
+    for (int64_t c = 0; c < sl.dv; ++c) out[c] = st.acc[i * st.ld + c] * inv;
     if (sl.lse != nullptr)
       sl.lse[row_begin + i] = st.l[i] > 0.0f ? st.m[i] + std::log(st.l[i]) : kMinusInf;
   }
@@ -402,7 +407,7 @@ HWY_NOINLINE void FlashAttentionForwardPartialImpl(const AttentionSlice& sl, int
     float* out = partial + i * (dv + 2);
     out[0] = st.m[i];
     out[1] = st.l[i];
-    std::copy(st.acc + i * st.dvp, st.acc + i * st.dvp + dv, out + 2);
+    std::copy(st.acc + i * st.ld, st.acc + i * st.ld + dv, out + 2);
   }
 }
 
@@ -411,7 +416,7 @@ HWY_NOINLINE void AttentionProbabilitiesImpl(const AttentionSlice& sl, int64_t r
                                              float* workspace) {
   const DF d;
   const int64_t rows = row_end - row_begin;
-  const size_t dim = static_cast<size_t>(sl.d), bcp = static_cast<size_t>(kAttentionKeyBlock);
+  const size_t dim = static_cast<size_t>(sl.d), bcp = static_cast<size_t>(kAttentionKeyStride);
   Scratch scratch(workspace);
   float* qt = scratch.take(kAttentionRowTile * dim);
   float* kt = scratch.take(dim * bcp);

@@ -25,8 +25,8 @@ HWY_EXPORT(FlashAttentionForwardPartialImpl);
 size_t AttentionWorkspaceFloats(int64_t d, int64_t dv) {
   // Padded to whole vectors of the widest target (16 floats); see the layout
   // in attention-inl.h.
-  const int64_t dvp = (dv + 15) / 16 * 16;
-  const int64_t br = kAttentionRowTile, bc = kAttentionKeyBlock;
+  const int64_t dvp = (dv + 15) / 16 * 16 + 16;  // + the padding of PaddedStride
+  const int64_t br = kAttentionRowTile, bc = kAttentionKeyStride;
   const int64_t dp = (d + 15) / 16 * 16;
   return static_cast<size_t>(br * dp + dp * bc + bc * dvp + br * bc + br * dvp + 2 * br + 128);  // + alignment slack
 }
@@ -79,7 +79,7 @@ void AttentionProbabilities(const AttentionSlice& slice, int64_t row_begin, int6
 
 size_t AttentionBackwardWorkspaceFloats(int64_t d, int64_t dv, int64_t lq, int64_t heads) {
   const int64_t dp = (d + 15) / 16 * 16, dvp = (dv + 15) / 16 * 16;
-  const int64_t br = kAttentionRowTile, bc = kAttentionKeyBlock;
+  const int64_t br = kAttentionRowTile, bc = kAttentionKeyStride;
   const int64_t blocks = d * bc + bc * dp + dv * bc + br * d + br * dp + br * dvp + 4 * br * bc +
                          bc * dp + bc * dvp;
   return static_cast<size_t>(blocks + heads * lq * (dp + 1) + 16 * 64);  // + alignment slack

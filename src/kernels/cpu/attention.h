@@ -12,9 +12,13 @@ namespace qkv::kernels {
 
 inline constexpr int64_t kNoCausal = std::numeric_limits<int64_t>::max();
 // Queries per tile: a task of the thread team and the row block of the kernel.
-inline constexpr int64_t kAttentionRowTile = 64;
+inline constexpr int64_t kAttentionRowTile = 192;
 // Keys per block of the online softmax.
-inline constexpr int64_t kAttentionKeyBlock = 64;
+inline constexpr int64_t kAttentionKeyBlock = 128;
+// Row stride of the per-block buffers (k^T, scores): one vector more than the
+// block, so that consecutive rows do not map to the same cache sets (a
+// power-of-two stride halved the speed at D = 128).
+inline constexpr int64_t kAttentionKeyStride = kAttentionKeyBlock + 16;
 
 // Per-block hooks through which the attention layer inlines its score and
 // mask modifiers (qkv/modifiers.h) into the kernels. Coordinates are absolute

@@ -40,7 +40,7 @@ HWY_NOINLINE void FlashAttentionBackwardImpl(const AttentionGradSlice* heads, in
   const bool bf16 = first.bf16;
   const size_t dim = static_cast<size_t>(first.d), dv = static_cast<size_t>(first.dv);
   const size_t dp = RoundUp(dim, 16), dvp = RoundUp(dv, 16);
-  const size_t bcp = static_cast<size_t>(kAttentionKeyBlock);
+  const size_t bcp = static_cast<size_t>(kAttentionKeyStride);
   const size_t br = static_cast<size_t>(kAttentionRowTile);
   const int64_t lq = first.lq, lk = first.lk;
   const float scale = first.scale;
