@@ -49,13 +49,17 @@ def configs(quick: bool):
     """(name, dict(B, H, Hkv, Lq, Lk, D, causal, padding), reps) in run order."""
     out = []
 
-    def add(name, B, H, Lq, Lk, D, *, Hkv=None, causal=False, padding=False, reps=20):
-        out.append((name, dict(B=B, H=H, Hkv=Hkv or H, Lq=Lq, Lk=Lk, D=D, causal=causal, padding=padding), reps))
+    def add(name, B, H, Lq, Lk, D, *, Hkv=None, causal=False, padding=False, backward=False, reps=20):
+        out.append((name, dict(B=B, H=H, Hkv=Hkv or H, Lq=Lq, Lk=Lk, D=D, causal=causal, padding=padding,
+                               backward=backward), reps))
 
     add("torch-ref", 1, 25, 1024, 1024, 64)
     for B, L in ([(8, 128), (32, 384)] if quick else [(8, 128), (8, 512), (32, 128), (32, 384)]):
         add("bert", B, 12, L, L, 64, padding=True)
     add("gpt2", 1, 12, 1024, 1024, 64, causal=True)
+    # Forward + backward (training): the torch-ref and gpt2 shapes.
+    add("fwd+bwd", 1, 25, 1024, 1024, 64, backward=True, reps=7)
+    add("fwd+bwd", 1, 12, 1024, 1024, 64, causal=True, backward=True, reps=9)
     for D in (64, 128):
         for L in ([512, 2048] if quick else [512, 1024, 2048, 4096]):
             for causal in (False, True):
@@ -82,6 +86,25 @@ def make_case(cfg, dtype, seed=0):
         kpm_q = qkv.from_dlpack(kpm)
         attn_mask = (~kpm)[:, None, None, :]  # True = may attend
 
+    if cfg.get("backward"):
+        grad = torch.randn(B, H, Lq, D, generator=g).to(td)
+        grad_q = qkv.from_dlpack(grad)
+        qt, kt, vt = (x.clone().requires_grad_() for x in (q, k, v))
+
+        def qkv_train():  # forward with the lse, then dQ, dK, dV
+            out, lse = qkv.attention(qq, kq, vq, causal=cfg["causal"], return_lse=True)
+            qkv.attention_backward(grad_q, qq, kq, vq, output=out, lse=lse, causal=cfg["causal"])
+            return out
+
+        def torch_train():
+            for x in (qt, kt, vt):
+                x.grad = None
+            out = F.scaled_dot_product_attention(qt, kt, vt, is_causal=cfg["causal"], enable_gqa=gqa)
+            out.backward(grad)
+            return out.detach()
+
+        return qkv_train, torch_train
+
     def qkv_fn():
         return qkv.attention(qq, kq, vq, causal=cfg["causal"], key_padding_mask=kpm_q)
 
@@ -101,6 +124,7 @@ def check_same(qkv_fn, torch_fn, dtype, what):
 
 
 GEMM_SHAPES = {  # name: (m, k, n); the first is the denominator of "of GEMM"
+    "m2048_n2048_k2048": (2048, 2048, 2048),  # square sgemm: the machine's matmul rate
     "m4096_n64_k4096": (4096, 4096, 64),  # [4096, 4096] x [4096, 64]: P V-like, compute-bound
     "m4096_n4096_k64": (4096, 64, 4096),  # [4096, 64] x [64, 4096]: Q K^T-like, bound by writing C
 }
@@ -123,7 +147,19 @@ def time_gemm(threads: int, reps: int = 15) -> dict:
     return out
 
 
-GEMM_KEY = "qkv_matmul_f32_m4096_n64_k4096"
+GEMM_KEY = "qkv_matmul_f32_m2048_n2048_k2048"
+
+
+def time_bandwidth(threads: int, reps: int = 9) -> float:
+    """The machine's read bandwidth (GB/s) at this thread count: the faster of qkv.sum and
+    torch.sum over a 512 MiB f32 array, median of `reps` (the denominator for decode)."""
+    runner.set_threads(threads)
+    a = torch.randn(1 << 27)
+    aq = qkv.from_dlpack(a)
+    tq, tt = runner.time_alternating([lambda: qkv.sum(aq), lambda: a.sum()], reps, 2)
+    gbps = a.numel() * 4 / min(statistics.median(tq), statistics.median(tt)) / 1e9
+    print(f"read bandwidth t={threads}: {gbps:.1f} GB/s", flush=True)
+    return gbps
 
 
 NOTES = [
@@ -163,6 +199,7 @@ class AttentionBench(runner.Bench):
     def __init__(self, *a, **kw):
         super().__init__(*a, **kw)
         self.gemm: dict[int, dict] = {}
+        self.bandwidth: dict[int, float] = {}
         self.wall_s = None
 
     def to_json(self) -> dict:
@@ -172,7 +209,8 @@ class AttentionBench(runner.Bench):
             "fraction_of": GEMM_KEY + " (qkv.matmul, oneDNN) at the row's thread count",
             "rates": {str(t): r for t, r in self.gemm.items()},
         }
-        js["method"]["flops"] = "4 B H Lq Lk D, halved for causal"
+        js["read_bandwidth_gbps"] = {str(t): b for t, b in self.bandwidth.items()}
+        js["method"]["flops"] = "4 B H Lq Lk D, halved for causal; x 3.5 for fwd+bwd (backward = 2.5 x forward)"
         js["method"]["reps"] = "per row (see results[].reps); warm-up 2 calls each"
         js["wall_s"] = self.wall_s
         js["qkv_commit"] = qkv_commit()
@@ -184,7 +222,7 @@ class AttentionBench(runner.Bench):
         v = runner.versions()
         after = runner.machine()["loadavg_1m"]
         lines = [
-            "# attention forward: qkv.attention vs torch SDPA, side by side",
+            "# attention: qkv.attention (forward; fwd+bwd rows: and attention_backward) vs torch SDPA, side by side",
             "",
             f"Command: `{self.command}`",
             "",
@@ -194,8 +232,12 @@ class AttentionBench(runner.Bench):
             "Same thread count for both; median of alternating calls after 2 warm-up calls "
             "(repetitions per row in the JSON); ratio = torch time / qkv time (> 1: qkv faster). "
             "GFLOP/s from 4·B·H·Lq·Lk·D (halved for causal). "
-            "'of GEMM' = qkv's GFLOP/s / qkv.matmul's f32 rate on m=4096, n=64, k=4096 ([4096, 4096] x [4096, 64], "
-            "the P·V shape; compute-bound) at the same thread count, measured in this run. bf16: both get bf16 inputs (qkv returns f32, torch bf16). "
+            "'of GEMM' = qkv's GFLOP/s / the f32 sgemm rate of qkv.matmul (oneDNN) on 2048 x 2048 x 2048 "
+            "at the same thread count, measured in this run. 'of BW' (decode) = qkv's GB/s of K and V read / "
+            "the read bandwidth measured in this run (the faster of qkv.sum and torch.sum over 512 MiB): "
+            + ", ".join(f"{b:.1f} GB/s at {t} thread{'s' if t > 1 else ''}" for t, b in self.bandwidth.items())
+            + ". fwd+bwd rows time a forward (with the lse) and the backward of dQ, dK, dV; FLOPs 3.5 x forward. "
+            "bf16: both get bf16 inputs (qkv returns f32, torch bf16). "
             f"1-minute load average {m['loadavg_1m']} before, {after} after, on {m['cores']} cores"
             f"{'' if self.wall_s is None else f'; {self.wall_s:.0f} s in all'}.",
             "",
@@ -208,8 +250,8 @@ class AttentionBench(runner.Bench):
               for t, r in self.gemm.items() for shape in GEMM_SHAPES),
             "",
             "| config | B | H (kv) | Lq | Lk | D | mask | dtype | thr | qkv ms | torch ms | qkv GFLOP/s "
-            "| torch GFLOP/s | ratio | of GEMM | qkv GB/s | torch GB/s |",
-            "|---|---:|---:|---:|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "| torch GFLOP/s | ratio | of GEMM | qkv GB/s | torch GB/s | of BW |",
+            "|---|---:|---:|---:|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for r in self.rows:
             c, e = r.config, r.extra
@@ -217,7 +259,7 @@ class AttentionBench(runner.Bench):
             mask = "causal" if c["causal"] else "key padding" if c["padding"] else ""
             slow = (c["dtype"] == "f32" and r.ratio < 1.5) or (c["dtype"] == "bf16" and r.ratio < 1.3)
             ratio = f"**{r.ratio:.2f}**" if slow else f"{r.ratio:.2f}"
-            gb = (f"{r.gbps:.1f} | {e['torch_gbps']:.1f}") if r.gbps else " | "
+            gb = (f"{r.gbps:.1f} | {e['torch_gbps']:.1f} | {e['frac_bandwidth']:.2f}") if r.gbps else " | | "
             lines.append(
                 f"| {r.op} | {c['B']} | {heads} | {c['Lq']} | {c['Lk']} | {c['D']} | {mask} | {c['dtype']} | "
                 f"{r.threads} | {r.qkv_s * 1e3:.3f} | {r.peer_s * 1e3:.3f} | {r.gflops:.1f} | "
@@ -245,6 +287,7 @@ def main(argv=None) -> int:
     bench = AttentionBench("attention-forward", reps=0, warmup=2, command=command)
     for t in threads:
         bench.gemm[t] = time_gemm(t, reps=5 if args.quick else 15)
+        bench.bandwidth[t] = time_bandwidth(t, reps=5 if args.quick else 9)
     for t in threads:
         for dtype in dtypes:
             for name, cfg, reps in configs(args.quick):
@@ -254,6 +297,8 @@ def main(argv=None) -> int:
                 qkv_fn, torch_fn = make_case(cfg, dtype)
                 check_same(qkv_fn, torch_fn, dtype, f"{name} {cfg}")
                 flops = 4.0 * cfg["B"] * cfg["H"] * cfg["Lq"] * cfg["Lk"] * cfg["D"] * (0.5 if cfg["causal"] else 1)
+                if cfg["backward"]:
+                    flops *= 3.5
                 kv_bytes = 2.0 * cfg["B"] * cfg["Hkv"] * cfg["Lk"] * cfg["D"] * (2 if dtype == "bf16" else 4)
                 is_decode = name == "decode"
                 bench.reps = max(3, reps // 2) if args.quick else reps
@@ -263,6 +308,7 @@ def main(argv=None) -> int:
                     torch_gflops=flops / row.peer_s / 1e9,
                     torch_gbps=kv_bytes / row.peer_s / 1e9 if is_decode else None,
                     frac_gemm=row.gflops / bench.gemm[t][GEMM_KEY],
+                    frac_bandwidth=row.gbps / bench.bandwidth[t] if is_decode else None,
                     flops=flops,
                     loadavg_1m=round(os.getloadavg()[0], 2),  # other work skews a row: see which
                 )

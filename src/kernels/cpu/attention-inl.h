@@ -119,11 +119,28 @@ class Scratch {
 // [rows, rows_padded), so padded vectors contribute nothing.
 HWY_INLINE void PackRows(const void* src, int64_t stride, bool bf16, size_t rows, size_t cols,
                          float scale, float* dst, size_t ld, size_t rows_padded) {
-  const size_t elem = bf16 ? 2 : 4;
+  const DF d;
+  const hn::Rebind<uint16_t, DF> d16;  // bf16 bits, one per f32 lane
+  const hn::Rebind<uint32_t, DF> d32;
+  const size_t lanes = hn::Lanes(d), elem = bf16 ? 2 : 4;
+  const VF vscale = hn::Set(d, scale);
   for (size_t r = 0; r < rows; ++r) {
     const char* row = static_cast<const char*>(src) + static_cast<int64_t>(r) * stride * elem;
     float* out = dst + r * ld;
-    for (size_t c = 0; c < cols; ++c) out[c] = LoadElement(row, c, bf16) * scale;
+    size_t c = 0;
+    // bf16 is the top half of an f32: widen the bits and shift them up.
+    if (bf16) {
+      const uint16_t* bits = reinterpret_cast<const uint16_t*>(row);
+      for (; c + lanes <= cols; c += lanes) {
+        const auto wide = hn::ShiftLeft<16>(hn::PromoteTo(d32, hn::LoadU(d16, bits + c)));
+        hn::StoreU(hn::Mul(hn::BitCast(d, wide), vscale), d, out + c);
+      }
+    } else {
+      const float* values = reinterpret_cast<const float*>(row);
+      for (; c + lanes <= cols; c += lanes)
+        hn::StoreU(hn::Mul(hn::LoadU(d, values + c), vscale), d, out + c);
+    }
+    for (; c < cols; ++c) out[c] = LoadElement(row, c, bf16) * scale;
     std::fill(out + cols, out + ld, 0.0f);
   }
   std::fill(dst + rows * ld, dst + rows_padded * ld, 0.0f);
