@@ -12,7 +12,8 @@ jobs=$(nproc)
 step() { printf '\n==== %s ====\n' "$*"; }
 
 step "C++ build (release, -Werror)"
-cmake -S . -B build/release -G Ninja -DCMAKE_BUILD_TYPE=Release -DQKV_WERROR=ON >/dev/null
+cmake -S . -B build/release -G Ninja -DCMAKE_BUILD_TYPE=Release -DQKV_WERROR=ON -DQKV_BUILD_BENCH=ON \
+  -DQKV_BUILD_TESTS=ON -DQKV_BUILD_CLI=ON >/dev/null
 cmake --build build/release -j "$jobs"
 
 step "C++ tests (release)"
