@@ -193,11 +193,16 @@ HWY_INLINE bool ApplyMasks(const AttentionSlice& sl, int64_t r0, int64_t rows, i
   return any_visible;
 }
 
-// S = (scale q) k^T for query rows [r0, r0 + rows) against keys [j0, j0 + bc)
-// (qs: the scaled q tile, kt: the packed k^T block, n = bc rounded to whole
-// vectors), modified and masked. False when every entry is hidden: the block
-// is skipped (before any arithmetic when the mask modifier says so). With
-// `raw`, the scores before the score modifier are kept there.
+// Row `row` of a slice's k or v (`width` values) as `padded` floats of whole
+// vectors: in place where an f32 row already is that, else converted into buf.
+HWY_INLINE const float* RowAsVectors(const void* base, int64_t row, int64_t stride, bool bf16,
+                                     size_t width, size_t padded, float* buf) {
+  const void* src = RowOf(base, row, stride, bf16);
+  if (!bf16 && padded == width) return static_cast<const float*>(src);
+  PackRows(src, stride, bf16, 1, width, 1.0f, buf, padded, 1);
+  return buf;
+}
+
 // Scores of a few query rows straight from k's rows (no k^T packing): for
 // decode, where packing would cost more than the dot products. qs rows are
 // ldq apart and zero-padded to ldq = RoundUp(d, 16); kbuf holds ldq floats.
@@ -206,14 +211,8 @@ HWY_INLINE void DirectScores(const AttentionSlice& sl, const float* qs, size_t l
   const DF d;
   const size_t lanes = hn::Lanes(d), dim = static_cast<size_t>(sl.d);
   const size_t bcp = static_cast<size_t>(kAttentionKeyStride);
-  const bool in_place = !sl.bf16 && ldq == dim;  // f32 rows already whole vectors
   for (int64_t j = 0; j < bc; ++j) {
-    const void* k_row = RowOf(sl.k, j0 + j, sl.k_stride, sl.bf16);
-    const float* kr = static_cast<const float*>(k_row);
-    if (!in_place) {
-      PackRows(k_row, sl.k_stride, sl.bf16, 1, dim, 1.0f, kbuf, ldq, 1);
-      kr = kbuf;
-    }
+    const float* kr = RowAsVectors(sl.k, j0 + j, sl.k_stride, sl.bf16, dim, ldq, kbuf);
     for (int64_t r = 0; r < rows; ++r) {
       VF acc = hn::Zero(d);
       for (size_t c = 0; c < ldq; c += lanes)
@@ -229,14 +228,8 @@ HWY_INLINE void DirectValues(const AttentionSlice& sl, const float* p, int64_t r
   const DF d;
   const size_t lanes = hn::Lanes(d), dv = static_cast<size_t>(sl.dv);
   const size_t bcp = static_cast<size_t>(kAttentionKeyStride);
-  const bool in_place = !sl.bf16 && dvp == dv;
   for (int64_t j = 0; j < bc; ++j) {
-    const void* v_row = RowOf(sl.v, j0 + j, sl.v_stride, sl.bf16);
-    const float* vr = static_cast<const float*>(v_row);
-    if (!in_place) {
-      PackRows(v_row, sl.v_stride, sl.bf16, 1, dv, 1.0f, vbuf, dvp, 1);
-      vr = vbuf;
-    }
+    const float* vr = RowAsVectors(sl.v, j0 + j, sl.v_stride, sl.bf16, dv, dvp, vbuf);
     for (int64_t r = 0; r < rows; ++r) {
       const float w = p[r * bcp + j];
       if (w == 0.0f) continue;
@@ -248,6 +241,11 @@ HWY_INLINE void DirectValues(const AttentionSlice& sl, const float* p, int64_t r
   }
 }
 
+// S = (scale q) k^T for query rows [r0, r0 + rows) against keys [j0, j0 + bc)
+// (qs: the scaled q tile, kt: the packed k^T block, n = bc rounded to whole
+// vectors), modified and masked. False when every entry is hidden: the block
+// is skipped (before any arithmetic when the mask modifier says so). With
+// `raw`, the scores before the score modifier are kept there.
 HWY_INLINE bool ScoreBlock(const AttentionSlice& sl, const float* qs, size_t ldq, const float* kt,
                            int64_t r0, int64_t rows, int64_t j0, int64_t bc, size_t n, float* s,
                            float* raw = nullptr, float* kbuf = nullptr) {
