@@ -25,6 +25,7 @@
 
 #include "hwy/highway.h"
 #include "kernels/cpu/attention.h"
+#include "kernels/cpu/bf16_dot.h"
 #include "qkv/dtype.h"
 #include "kernels/cpu/vec-inl.h"
 
@@ -193,6 +194,31 @@ HWY_INLINE bool ApplyMasks(const AttentionSlice& sl, int64_t r0, int64_t rows, i
   return any_visible;
 }
 
+// Whether S = q k^T of this slice runs on VDPBF16PS: bf16 inputs (their
+// products are exact in f32, so S is as accurate as on the f32 path), an even
+// head dim, and a CPU with AVX512-BF16.
+HWY_INLINE bool UseBf16Dot(const AttentionSlice& sl) {
+  return sl.bf16 && sl.d % 2 == 0 && HasBf16Dot();
+}
+
+// The k block [j0, j0 + bc) as ScoreBlock reads it: k^T in f32 ([d, ld]), or
+// for the bf16 dot k^T in bf16 pairs ([d / 2, ld] 32-bit words, the
+// bytes of each k row's pairs). Columns [bc, ld) are zero.
+HWY_INLINE void PackKeyBlock(const AttentionSlice& sl, int64_t j0, int64_t bc, float* kt, size_t ld) {
+  const size_t dim = static_cast<size_t>(sl.d);
+  if (!UseBf16Dot(sl)) {
+    PackColumns(RowOf(sl.k, j0, sl.k_stride, sl.bf16), sl.k_stride, sl.bf16,
+                static_cast<size_t>(bc), dim, kt, ld);
+    return;
+  }
+  uint32_t* pairs = reinterpret_cast<uint32_t*>(kt);
+  for (int64_t j = 0; j < bc; ++j) {
+    const char* row = static_cast<const char*>(RowOf(sl.k, j0 + j, sl.k_stride, true));
+    for (size_t p = 0; p < dim / 2; ++p) std::memcpy(&pairs[p * ld + j], row + 4 * p, 4);
+  }
+  for (size_t p = 0; p < dim / 2; ++p) std::fill(pairs + p * ld + bc, pairs + (p + 1) * ld, 0u);
+}
+
 // Row `row` of a slice's k or v (`width` values) as `padded` floats of whole
 // vectors: in place where an f32 row already is that, else converted into buf.
 HWY_INLINE const float* RowAsVectors(const void* base, int64_t row, int64_t stride, bool bf16,
@@ -256,10 +282,22 @@ HWY_INLINE bool ScoreBlock(const AttentionSlice& sl, const float* qs, size_t ldq
     visibility = hooks->visibility(sl.batch, sl.head, r0, r0 + rows, j0, j0 + bc);
     if (visibility == AttentionHooks::kNone) return false;
   }
-  if (kt != nullptr)
-    Gemm(qs, ldq, 1, kt, bcp, s, bcp, static_cast<size_t>(rows), n, dim, /*accumulate=*/false);
-  else
+  if (kt == nullptr) {
     DirectScores(sl, qs, ldq, rows, j0, bc, s, kbuf);
+  } else if (UseBf16Dot(sl)) {
+    // q straight from its bf16 rows; the scale applied to S afterwards.
+    const size_t n16 = RoundUp(n, 16);
+    GemmBf16Pairs(static_cast<const uint16_t*>(RowOf(sl.q, r0, sl.q_stride, true)),
+                  static_cast<size_t>(sl.q_stride), reinterpret_cast<const uint32_t*>(kt), bcp, s,
+                  bcp, static_cast<size_t>(rows), n16, dim / 2);
+    const DF d;
+    const VF scale = hn::Set(d, sl.scale);
+    for (int64_t i = 0; i < rows; ++i)
+      for (size_t j = 0; j < n; j += hn::Lanes(d))
+        hn::Store(hn::Mul(hn::Load(d, s + i * bcp + j), scale), d, s + i * bcp + j);
+  } else {
+    Gemm(qs, ldq, 1, kt, bcp, s, bcp, static_cast<size_t>(rows), n, dim, /*accumulate=*/false);
+  }
   if (hooks != nullptr && hooks->has_score_mod()) {
     if (raw != nullptr) std::copy(s, s + rows * bcp, raw);
     hooks->modify_scores(sl.batch, sl.head, r0, r0 + rows, j0, j0 + bc, s, bcp);
@@ -349,8 +387,7 @@ HWY_INLINE void ForwardTile(const AttentionSlice& sl, int64_t row_begin, int64_t
     const int64_t bc = std::min<int64_t>(kAttentionKeyBlock, key_end - j0);
     const size_t n = RoundUp(static_cast<size_t>(bc), lanes);
     if (!direct) {  // pack k^T and v for the block; columns / rows past bc are zero
-      PackColumns(RowOf(sl.k, j0, sl.k_stride, sl.bf16), sl.k_stride, sl.bf16,
-                  static_cast<size_t>(bc), dim, kt, bcp);
+      PackKeyBlock(sl, j0, bc, kt, bcp);
       PackRows(RowOf(sl.v, j0, sl.v_stride, sl.bf16), sl.v_stride, sl.bf16,
                static_cast<size_t>(bc), static_cast<size_t>(sl.dv), 1.0f, vb, ldv, n);
     }
@@ -444,8 +481,7 @@ HWY_NOINLINE void AttentionProbabilitiesImpl(const AttentionSlice& sl, int64_t r
   for (int64_t j0 = 0; j0 < key_end; j0 += kAttentionKeyBlock) {
     const int64_t bc = std::min<int64_t>(kAttentionKeyBlock, key_end - j0);
     const size_t n = RoundUp(static_cast<size_t>(bc), hn::Lanes(d));
-    PackColumns(RowOf(sl.k, j0, sl.k_stride, sl.bf16), sl.k_stride, sl.bf16,
-                static_cast<size_t>(bc), dim, kt, bcp);
+    PackKeyBlock(sl, j0, bc, kt, bcp);
     if (!ScoreBlock(sl, qt, dim, kt, row_begin, rows, j0, bc, n, s)) continue;
     for (int64_t i = 0; i < rows; ++i) {
       float* row = s + i * bcp;

@@ -77,8 +77,7 @@ HWY_NOINLINE void FlashAttentionBackwardImpl(const AttentionGradSlice* heads, in
   for (int64_t j0 = 0; j0 < lk; j0 += kAttentionKeyBlock) {
     const int64_t bc = std::min<int64_t>(kAttentionKeyBlock, lk - j0);
     const size_t n = RoundUp(static_cast<size_t>(bc), lanes);
-    PackColumns(RowOf(first.k, j0, first.k_stride, bf16), first.k_stride, bf16,
-                static_cast<size_t>(bc), dim, kt, bcp);
+    PackKeyBlock(first, j0, bc, kt, bcp);
     PackRows(RowOf(first.k, j0, first.k_stride, bf16), first.k_stride, bf16,
              static_cast<size_t>(bc), dim, 1.0f, kr, dp, n);
     PackColumns(RowOf(first.v, j0, first.v_stride, bf16), first.v_stride, bf16,
