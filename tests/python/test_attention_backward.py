@@ -26,6 +26,12 @@ CASES = [
     (1, 2, 2, 100, 100, 32, True),
     (2, 8, 1, 33, 65, 80, False),
     (1, 2, 2, 129, 200, 128, True),
+    (1, 2, 1, 113, 203, 16, False),
+    (2, 2, 2, 203, 113, 32, True),
+    (1, 4, 4, 256, 256, 64, True),
+    (1, 2, 2, 64, 300, 256, False),
+    (3, 6, 3, 1, 257, 128, False),
+    (1, 1, 1, 97, 97, 80, True),
 ]
 
 
@@ -45,8 +51,9 @@ def test_backward_matches_fp64_autograd(case):
     for name, ref, theirs in (("q", q.grad, q32.grad), ("k", k.grad, k32.grad), ("v", v.grad, v32.grad)):
         ours = (_t(g[name]) - ref).abs().max().item()
         torch_err = (theirs.double() - ref).abs().max().item()
-        # The FlashAttention rule, with a floor of a few f32 ulps of the gradient's size.
-        bound = 2 * torch_err + 4e-7 * (1 + ref.abs().max().item())
+        # The FlashAttention rule; the floor (about one f32 ulp of the gradient) only
+        # matters where torch is exact, e.g. dQ = 0 for a single key.
+        bound = 2 * torch_err + 1e-7 * (1 + ref.abs().max().item())
         assert ours <= bound, f"d{name}: qkv error {ours:.3e} > 2 x torch's {torch_err:.3e}"
 
 

@@ -42,6 +42,8 @@ inline constexpr int64_t kDirectRows = 4;
 
 // C[0:R, 0:V*Lanes] (+)= A[0:R, 0:k] B[0:k, 0:V*Lanes], A[r, p] at
 // a[r * a_row + p * a_col] (so A may be read transposed), B and C row-major.
+// The chain starts from zero and C is added at the end, so that Gemm can
+// sum chunks of k pairwise.
 template <int R, int V>
 HWY_INLINE void MicroTile(DF d, const float* HWY_RESTRICT a, size_t a_row, size_t a_col,
                           const float* HWY_RESTRICT b, size_t ldb, float* HWY_RESTRICT c,
@@ -49,8 +51,7 @@ HWY_INLINE void MicroTile(DF d, const float* HWY_RESTRICT a, size_t a_row, size_
   const size_t lanes = hn::Lanes(d);
   VF acc[R][V];
   for (int r = 0; r < R; ++r)
-    for (int v = 0; v < V; ++v)
-      acc[r][v] = accumulate ? hn::LoadU(d, c + r * ldc + v * lanes) : hn::Zero(d);
+    for (int v = 0; v < V; ++v) acc[r][v] = hn::Zero(d);
   for (size_t p = 0; p < k; ++p) {
     VF bv[V];
     for (int v = 0; v < V; ++v) bv[v] = hn::LoadU(d, b + p * ldb + v * lanes);
@@ -60,7 +61,10 @@ HWY_INLINE void MicroTile(DF d, const float* HWY_RESTRICT a, size_t a_row, size_
     }
   }
   for (int r = 0; r < R; ++r)
-    for (int v = 0; v < V; ++v) hn::StoreU(acc[r][v], d, c + r * ldc + v * lanes);
+    for (int v = 0; v < V; ++v) {
+      float* out = c + r * ldc + v * lanes;
+      hn::StoreU(accumulate ? hn::Add(acc[r][v], hn::LoadU(d, out)) : acc[r][v], d, out);
+    }
 }
 
 // C[m, n] (+)= A[m, k] B[k, n] with n a multiple of Lanes. Column panels
@@ -80,13 +84,24 @@ HWY_INLINE void GemmPanel(DF d, const float* a, size_t a_row, size_t a_col, cons
 // (1, lda) for the transpose of a row-major [k, m] matrix.
 HWY_INLINE void Gemm(const float* a, size_t a_row, size_t a_col, const float* b, size_t ldb,
                      float* c, size_t ldc, size_t m, size_t n, size_t k, bool accumulate) {
+  // A long FMA chain's rounding error grows with its length: k is cut into
+  // chains of at most kChain whose sums are added (cheaply: one extra load and
+  // add per output and chain). The recomputed scores of the backward need it
+  // to stay within twice PyTorch's error.
+  constexpr size_t kChain = 32;
   const DF d;
   const size_t lanes = hn::Lanes(d);
-  size_t j = 0;
-  for (; j + kTileVecs * lanes <= n; j += kTileVecs * lanes)
-    GemmPanel<kTileVecs>(d, a, a_row, a_col, b + j, ldb, c + j, ldc, m, k, accumulate);
-  for (; j < n; j += lanes)
-    GemmPanel<1>(d, a, a_row, a_col, b + j, ldb, c + j, ldc, m, k, accumulate);
+  for (size_t p0 = 0; p0 < k || p0 == 0; p0 += kChain) {
+    const size_t chunk = std::min(kChain, k - p0);
+    const float* ap = a + p0 * a_col;
+    const float* bp = b + p0 * ldb;
+    const bool add = accumulate || p0 > 0;
+    size_t j = 0;
+    for (; j + kTileVecs * lanes <= n; j += kTileVecs * lanes)
+      GemmPanel<kTileVecs>(d, ap, a_row, a_col, bp + j, ldb, c + j, ldc, m, chunk, add);
+    for (; j < n; j += lanes) GemmPanel<1>(d, ap, a_row, a_col, bp + j, ldb, c + j, ldc, m, chunk, add);
+    if (k == 0) break;
+  }
 }
 
 // Element i of a row of f32 or bf16 values, as f32.
