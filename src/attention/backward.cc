@@ -35,9 +35,8 @@ Tensor reduce_to_shape(const Tensor& full, const Shape& shape) {
   return out.reshape(shape);
 }
 
-void check_backward_args(const Tensor& grad_output, const AttentionResult& forward,
-                         const AttentionPlan& plan, const AttentionOptions& options,
-                         bool mask_requires_grad, const char* op) {
+void check_backward_args(const Tensor& grad_output, const AttentionPlan& plan,
+                         const AttentionOptions& options, bool mask_requires_grad, const char* op) {
   QKV_CHECK(grad_output.defined(), op, ": argument grad_output is an undefined tensor");
   QKV_CHECK(is_floating(grad_output.dtype()), op, ": argument grad_output has dtype ",
             dtype_name(grad_output.dtype()), "; expected a float dtype");
@@ -51,7 +50,6 @@ void check_backward_args(const Tensor& grad_output, const AttentionResult& forwa
     QKV_CHECK(plan.bias.defined(), op,
               ": mask_requires_grad needs a float (additive) mask; the mask is ",
               options.mask.defined() ? dtype_name(options.mask.dtype()) : "absent");
-  (void)forward;
 }
 
 }  // namespace detail
@@ -61,7 +59,7 @@ AttentionGradients attention_backward(const Tensor& grad_output, const Tensor& q
                                       const AttentionOptions& options, bool mask_requires_grad) {
   const char* op = "attention_backward";
   const detail::AttentionPlan plan = detail::plan_attention(q, k, v, options, op);
-  detail::check_backward_args(grad_output, forward, plan, options, mask_requires_grad, op);
+  detail::check_backward_args(grad_output, plan, options, mask_requires_grad, op);
   const Shape out_shape = grad_output.shape();
   QKV_CHECK(forward.output.defined() && forward.output.shape() == out_shape &&
                 forward.output.dtype() == DType::f32,

@@ -65,9 +65,8 @@ Tensor like_bhld(const Tensor& t, AttentionLayout layout);
 AttentionGradients allocate_gradients(const Tensor& q, const Tensor& k, const Tensor& v,
                                       const AttentionPlan& plan, bool mask_grad);
 Tensor reduce_to_shape(const Tensor& full, const Shape& shape);
-void check_backward_args(const Tensor& grad_output, const AttentionResult& forward,
-                         const AttentionPlan& plan, const AttentionOptions& options,
-                         bool mask_requires_grad, const char* op);
+void check_backward_args(const Tensor& grad_output, const AttentionPlan& plan,
+                         const AttentionOptions& options, bool mask_requires_grad, const char* op);
 
 // Validates the arguments; errors name `op`, the argument and the values.
 AttentionPlan plan_attention(const Tensor& q, const Tensor& k, const Tensor& v,

@@ -69,7 +69,7 @@ AttentionGradients attention_backward_reference(const Tensor& grad_output, const
                                                 bool mask_requires_grad) {
   const char* op = "attention_backward_reference";
   const detail::AttentionPlan plan = detail::plan_attention(q, k, v, options, op);
-  detail::check_backward_args(grad_output, AttentionResult{}, plan, options, mask_requires_grad, op);
+  detail::check_backward_args(grad_output, plan, options, mask_requires_grad, op);
   AttentionGradients g = detail::allocate_gradients(q, k, v, plan, mask_requires_grad);
   const Tensor dout = detail::like_bhld(grad_output.to(DType::f32), plan.layout);
   const Tensor dq = detail::like_bhld(g.grad_q, plan.layout);

@@ -136,7 +136,7 @@ AdditiveAttentionGradients additive_attention_backward(const Tensor& grad_output
   const char* op = "additive_attention_backward";
   options = with_unit_scale(options);
   const detail::AttentionPlan plan = detail::plan_attention(q, k, v, options, op);
-  detail::check_backward_args(grad_output, AttentionResult{}, plan, options, false, op);
+  detail::check_backward_args(grad_output, plan, options, false, op);
   const int64_t a = weights.v.defined() ? weights.v.size(0) : 0;
   check_weight(weights.v, {a}, op, "weights.v");
   check_weight(weights.w_q, {a, plan.d}, op, "weights.w_q");
