@@ -263,25 +263,6 @@ HWY_INLINE void DirectScores(const AttentionSlice& sl, const float* qs, size_t l
   }
 }
 
-// acc[r, :] += sum_j p[r, j] v_j for a few rows, straight from v's rows.
-HWY_INLINE void DirectValues(const AttentionSlice& sl, const float* p, int64_t rows, int64_t j0,
-                             int64_t bc, float* acc, size_t dvp, size_t ldv, float* vbuf) {
-  const DF d;
-  const size_t lanes = hn::Lanes(d), dv = static_cast<size_t>(sl.dv);
-  const size_t bcp = static_cast<size_t>(kAttentionKeyStride);
-  for (int64_t j = 0; j < bc; ++j) {
-    const float* vr = RowAsVectors(sl.v, j0 + j, sl.v_stride, sl.bf16, dv, dvp, vbuf);
-    for (int64_t r = 0; r < rows; ++r) {
-      const float w = p[r * bcp + j];
-      if (w == 0.0f) continue;
-      const VF vw = hn::Set(d, w);
-      float* o = acc + r * ldv;
-      for (size_t c = 0; c < dvp; c += lanes)
-        hn::Store(hn::MulAdd(vw, hn::LoadU(d, vr + c), hn::Load(d, o + c)), d, o + c);
-    }
-  }
-}
-
 // S = (scale q) k^T for query rows [r0, r0 + rows) against keys [j0, j0 + bc)
 // (qs: the scaled q tile, kt: the packed k^T block, n = bc rounded to whole
 // vectors), modified and masked. False when every entry is hidden: the block
@@ -438,10 +419,17 @@ HWY_INLINE void ForwardTile(const AttentionSlice& sl, int64_t row_begin, int64_t
       // l sums the weights before dropout; only what reaches v is dropped.
       if (sl.dropout > 0.0f) ApplyDropout(sl, row_begin + i, j0, bc, row, row);
     }
-    if (direct)
-      DirectValues(sl, s, rows, j0, bc, acc, dvp, ldv, vb);
-    else
-      Gemm(s, bcp, 1, vb, ldv, acc, ldv, static_cast<size_t>(rows), dvp, n, /*accumulate=*/true);
+    if (direct && !sl.bf16 && dvp == static_cast<size_t>(sl.dv)) {
+      // f32 rows of whole vectors: the product reads v where it lies.
+      Gemm(s, bcp, 1, static_cast<const float*>(RowOf(sl.v, j0, sl.v_stride, false)),
+           static_cast<size_t>(sl.v_stride), acc, ldv, static_cast<size_t>(rows), dvp,
+           static_cast<size_t>(bc), /*accumulate=*/true);
+      continue;
+    }
+    if (direct)  // v was not packed with k above
+      PackRows(RowOf(sl.v, j0, sl.v_stride, sl.bf16), sl.v_stride, sl.bf16,
+               static_cast<size_t>(bc), static_cast<size_t>(sl.dv), 1.0f, vb, ldv, n);
+    Gemm(s, bcp, 1, vb, ldv, acc, ldv, static_cast<size_t>(rows), dvp, n, /*accumulate=*/true);
   }
 }
 
