@@ -7,6 +7,7 @@
 #include "qkv/matmul.h"
 #include "qkv/nn.h"
 #include "qkv/ops.h"
+#include "qkv/positions.h"
 #include "qkv/safetensors.h"
 #include "qkv/scoring.h"
 #include "qkv/tensor.h"

@@ -25,6 +25,7 @@ void bind_attention(nb::module_& m);
 void bind_attention_backward(nb::module_& m);
 void bind_nn(nb::module_& m);
 void bind_scoring(nb::module_& m);
+void bind_positions(nb::module_& m);
 void bind_modifiers(nb::module_& m);
 
 }  // namespace qkv::python

@@ -27,4 +27,5 @@ NB_MODULE(_qkv, m) {
   qkv::python::bind_attention_backward(m);
   qkv::python::bind_nn(m);
   qkv::python::bind_scoring(m);
+  qkv::python::bind_positions(m);
 }

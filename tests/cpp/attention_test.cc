@@ -39,6 +39,7 @@ void add_modifiers(const Case& c, AttentionOptions& options) {
     options.mask_mod = mask_or(sliding_window_mask(3, 3), custom_mask([](int64_t b, int64_t h, int64_t q, int64_t kv) {
                                  return (q * 7 + kv * 3 + b + h) % 5 == 0;
                                }));
+  if (c.mod == "alibi") options.score_mod = alibi_score(alibi_slopes(c.hq), c.lk - c.lq);
   if (c.mod == "softcap")
     options.score_mod = score_chain(
         bias_score([](int64_t, int64_t h, int64_t q, int64_t kv) { return -0.05f * (h + 1) * std::abs(q - kv); }),
@@ -176,6 +177,7 @@ TEST_P(AttentionTargets, FusedMatchesReference) {
       {2, 2, 1, 180, 180, 32, 32, AttentionLayout::bhld, Causal::none, "", DType::f32, 0, "document"},
       {1, 3, 3, 90, 130, 16, 16, AttentionLayout::bhld, Causal::none, "", DType::f32, 0, "custom_or"},
       {2, 2, 2, 70, 100, 32, 32, AttentionLayout::bhld, Causal::none, "bias", DType::f32, 0, "softcap"},
+      {1, 6, 2, 90, 150, 64, 64, AttentionLayout::blhd, Causal::bottom_right, "", DType::f32, 0, "alibi"},
   };
   uint64_t seed = 1;
   for (const Case& c : cases) check_case(c, seed++);
