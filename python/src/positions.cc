@@ -30,28 +30,24 @@ void bind_positions(nb::module_& m) {
   m.def("alibi_slopes", &alibi_slopes, nb::arg("heads"), "ALiBi's per-head slopes (Press et al. 2022).");
   m.def("alibi_score", &alibi_score, nb::arg("slopes"), nb::arg("query_offset") = 0,
         "A score modifier adding -slope[h] * |q + query_offset - kv| inside the fused kernel.");
-  const char* doc = "Rotary position embedding of x [B, H, L, D] (layout='blhd': [B, L, H, D]).";
-  m.def(
-      "rotary_embedding",
-      [](const Tensor& x, double base, double scaling, int64_t offset, const std::string& style,
-         int64_t rotary_dim, const std::string& layout) {
-        const RotaryOptions o = rotary_options(base, scaling, offset, style, rotary_dim, layout);
-        nb::gil_scoped_release release;
-        return qkv::rotary_embedding(x, o);
-      },
-      nb::arg("x"), nb::arg("base") = 10000.0, nb::arg("scaling") = 1.0, nb::arg("offset") = 0,
-      nb::arg("style") = "rotate_half", nb::arg("rotary_dim") = 0, nb::arg("layout") = "bhld", doc);
-  m.def(
-      "rotary_embedding_backward",
-      [](const Tensor& grad, double base, double scaling, int64_t offset, const std::string& style,
-         int64_t rotary_dim, const std::string& layout) {
-        const RotaryOptions o = rotary_options(base, scaling, offset, style, rotary_dim, layout);
-        nb::gil_scoped_release release;
-        return qkv::rotary_embedding_backward(grad, o);
-      },
-      nb::arg("grad"), nb::arg("base") = 10000.0, nb::arg("scaling") = 1.0, nb::arg("offset") = 0,
-      nb::arg("style") = "rotate_half", nb::arg("rotary_dim") = 0, nb::arg("layout") = "bhld",
-      "The gradient of rotary_embedding (the inverse rotation).");
+  // rotary_embedding and its backward take the same keywords.
+  using Rotation = Tensor (*)(const Tensor&, const RotaryOptions&);
+  auto bind_rotation = [&m](const char* name, const char* arg, Rotation rotation, const char* doc) {
+    m.def(
+        name,
+        [rotation](const Tensor& x, double base, double scaling, int64_t offset,
+                   const std::string& style, int64_t rotary_dim, const std::string& layout) {
+          const RotaryOptions o = rotary_options(base, scaling, offset, style, rotary_dim, layout);
+          nb::gil_scoped_release release;
+          return rotation(x, o);
+        },
+        nb::arg(arg), nb::arg("base") = 10000.0, nb::arg("scaling") = 1.0, nb::arg("offset") = 0,
+        nb::arg("style") = "rotate_half", nb::arg("rotary_dim") = 0, nb::arg("layout") = "bhld", doc);
+  };
+  bind_rotation("rotary_embedding", "x", &qkv::rotary_embedding,
+                "Rotary position embedding of x [B, H, L, D] (layout='blhd': [B, L, H, D]).");
+  bind_rotation("rotary_embedding_backward", "grad", &qkv::rotary_embedding_backward,
+                "The gradient of rotary_embedding (the inverse rotation).");
 }
 
 }  // namespace qkv::python
