@@ -42,4 +42,15 @@ Tensor sum(const Tensor& x);
 Tensor mean(const Tensor& x);
 Tensor max(const Tensor& x);
 
+// Row gather: out[..., :] = weight[ids[...], :] (torch.nn.functional.embedding).
+// weight: [N, D] f32, bf16 or f16; ids: i32 or i64 of any shape, each in
+// [0, N) (else qkv::Error naming the id, its position and N). -> [..., D] f32.
+Tensor embedding(const Tensor& weight, const Tensor& ids);
+// Its gradient: grad [..., D] (ids' shape plus D) scatter-added into the rows
+// the ids name -> [num_embeddings, D] f32. Deterministic (the same bits for
+// any thread count); the row padding_idx gets no gradient (-1: none), as in
+// torch.nn.Embedding.
+Tensor embedding_backward(const Tensor& grad, const Tensor& ids, int64_t num_embeddings,
+                          int64_t padding_idx = -1);
+
 }  // namespace qkv

@@ -3,6 +3,7 @@
 
 #include "qkv/attention.h"
 #include "qkv/dtype.h"
+#include "qkv/embeddings.h"
 #include "qkv/error.h"
 #include "qkv/matmul.h"
 #include "qkv/nn.h"
