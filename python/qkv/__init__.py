@@ -16,11 +16,14 @@ import numpy as _np
 
 from . import _qkv
 from ._qkv import (  # noqa: F401
+    LearnedPositionEmbedding,
     MaskMod,
     MultiheadAttention,
     QkvError,
     ScoreMod,
+    SegmentedPositionEncoding,
     Tensor,
+    TokenTypeEmbedding,
     __version__,
     add,
     alibi_score,
@@ -35,6 +38,8 @@ from ._qkv import (  # noqa: F401
     causal_mask,
     custom_mask,
     document_mask,
+    embedding,
+    embedding_backward,
     empty,
     exp,
     from_dlpack,

@@ -27,5 +27,6 @@ void bind_nn(nb::module_& m);
 void bind_scoring(nb::module_& m);
 void bind_positions(nb::module_& m);
 void bind_modifiers(nb::module_& m);
+void bind_embeddings(nb::module_& m);
 
 }  // namespace qkv::python

@@ -28,4 +28,5 @@ NB_MODULE(_qkv, m) {
   qkv::python::bind_nn(m);
   qkv::python::bind_scoring(m);
   qkv::python::bind_positions(m);
+  qkv::python::bind_embeddings(m);
 }
