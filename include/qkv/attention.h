@@ -66,6 +66,8 @@ AttentionResult attention(const Tensor& q, const Tensor& k, const Tensor& v,
 struct AttentionGradients {
   Tensor grad_q, grad_k, grad_v;  // f32, in the layout and shape of q, k, v
   Tensor grad_mask;               // f32 in the float mask's shape, when asked for
+  // Gradients of options.score_mod->parameters() (learned biases), in order.
+  std::vector<Tensor> grad_score_mod;
 };
 
 // The backward of attention(): dQ, dK, dV from dO, recomputing the

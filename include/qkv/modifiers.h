@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <vector>
 
 #include "qkv/tensor.h"
 
@@ -57,6 +58,21 @@ MaskModPtr custom_mask(std::function<bool(int64_t batch, int64_t head, int64_t q
 MaskModPtr mask_and(MaskModPtr a, MaskModPtr b);
 MaskModPtr mask_or(MaskModPtr a, MaskModPtr b);
 
+// The gradients of a score modifier's learned tensors over one
+// attention_backward(), gathered block by block.
+class ScoreModGradients {
+ public:
+  virtual ~ScoreModGradients() = default;
+  // grad[(q - q_begin) * ld + (kv - kv_begin)] = d loss / d(modified score) of
+  // one block; raw holds the modifier's input scores (null unless the modifier
+  // needs_raw_scores()). The blocks of one (batch, head) come in order from one
+  // thread; blocks of different (batch, head) pairs may come concurrently.
+  virtual void accumulate(const AttentionBlock& block, const float* raw, const float* grad,
+                          int64_t ld) = 0;
+  // Once every block is in: one gradient per ScoreMod::parameters() entry, in order.
+  virtual std::vector<Tensor> finish() = 0;
+};
+
 class ScoreMod {
  public:
   virtual ~ScoreMod() = default;
@@ -69,6 +85,18 @@ class ScoreMod {
   virtual void apply(const AttentionBlock& block, float* scores, int64_t ld) const;
   // grad[i, j] *= derivative(raw[i, j], ...) (raw may be null when !needs_raw_scores()).
   virtual void backward(const AttentionBlock& block, const float* raw, float* grad, int64_t ld) const;
+  // Throws qkv::Error when the modifier cannot serve scores of this shape (a
+  // bias table with fewer heads, say). attention() calls it once per call.
+  virtual void check(int64_t batch, int64_t heads, int64_t lq, int64_t lk) const;
+
+  // Learned tensors the modifier reads (T5's bucket table, say); empty for a
+  // fixed one. attention_backward() returns their gradients in
+  // AttentionGradients::grad_score_mod, in this order.
+  virtual std::vector<Tensor> parameters() const { return {}; }
+  // Fresh accumulators for one backward over [batch, heads, lq, lk] scores;
+  // null when parameters() is empty.
+  virtual std::unique_ptr<ScoreModGradients> start_gradients(int64_t batch, int64_t heads,
+                                                             int64_t lq, int64_t lk) const;
 };
 using ScoreModPtr = std::shared_ptr<const ScoreMod>;
 

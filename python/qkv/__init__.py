@@ -69,11 +69,15 @@ from ._qkv import (  # noqa: F401
     score_chain,
     set_num_threads,
     silu,
+    shaw_attention,
+    shaw_attention_backward,
     sinusoidal_positions,
     sliding_window_mask,
     softcap_score,
     softmax,
     sum,
+    t5_bias_score,
+    t5_relative_bucket,
     zeros,
 )
 from . import safetensors  # noqa: F401,E402

@@ -38,7 +38,8 @@ Causal parse_causal(const nb::handle& causal) {
                           nb::cast<std::string>(nb::str(causal))));
 }
 
-// The keyword arguments attention() and attention_backward() share.
+}  // namespace
+
 AttentionOptions make_options(std::optional<double> scale, nb::handle causal,
                               std::optional<Tensor> mask, std::optional<Tensor> key_padding_mask,
                               const std::string& layout, double dropout, uint64_t dropout_seed,
@@ -54,7 +55,6 @@ AttentionOptions make_options(std::optional<double> scale, nb::handle causal,
                           .dropout_seed = dropout_seed};
 }
 
-}  // namespace
 
 void bind_attention(nb::module_& m) {
   m.def(
@@ -127,6 +127,7 @@ void bind_attention_backward(nb::module_& m) {
         grads["k"] = g.grad_k;
         grads["v"] = g.grad_v;
         grads["mask"] = g.grad_mask.defined() ? nb::cast(g.grad_mask) : nb::none();
+        grads["score_mod"] = g.grad_score_mod;
         return grads;
       },
       nb::arg("grad_output"), nb::arg("q"), nb::arg("k"), nb::arg("v"),
@@ -137,7 +138,8 @@ void bind_attention_backward(nb::module_& m) {
       nb::arg("reference") = false, nb::arg("mask_mod").none() = nb::none(),
       nb::arg("score_mod").none() = nb::none(),
       "Gradients of attention(): a dict with 'q', 'k', 'v' (f32, shaped like the inputs) and "
-      "'mask' (the additive mask's gradient when mask_requires_grad). Pass the forward's output "
+      "'mask' (the additive mask's gradient when mask_requires_grad), 'score_mod' (a list: the "
+      "gradients of the score modifier's learned tensors, e.g. t5_bias_score's table). Pass the forward's output "
       "and lse (attention(..., return_lse=True)); reference=True recomputes in double instead. "
       "Pass the same mask_mod / score_mod as the forward.");
 }

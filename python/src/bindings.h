@@ -4,6 +4,11 @@
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
 
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "qkv/attention.h"
 #include "qkv/tensor.h"
 
 namespace qkv::python {
@@ -17,6 +22,14 @@ using AnyArray = nb::ndarray<nb::ro, nb::device::cpu>;
 // A tensor over the array's own memory (no copy); the storage keeps the
 // array alive and drops it with the GIL held.
 Tensor tensor_from_array(const AnyArray& array);
+
+// The keyword arguments attention(), attention_backward() and the attention
+// variants share, as AttentionOptions (causal: bool or 'top_left' /
+// 'bottom_right'; layout: 'bhld' or 'blhd').
+AttentionOptions make_options(std::optional<double> scale, nb::handle causal,
+                              std::optional<Tensor> mask, std::optional<Tensor> key_padding_mask,
+                              const std::string& layout, double dropout, uint64_t dropout_seed,
+                              std::shared_ptr<MaskMod> mask_mod, std::shared_ptr<ScoreMod> score_mod);
 
 void bind_tensor(nb::module_& m);
 void bind_ops(nb::module_& m);

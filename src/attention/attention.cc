@@ -126,7 +126,8 @@ AttentionResult attention(const Tensor& q, const Tensor& k, const Tensor& v,
         const int64_t row_end = std::min(plan.lq, row_begin + kernels::kAttentionRowTile);
         float* out = result.weights.data<float>() + (b * count + w) * plan.lq * plan.lk +
                      row_begin * plan.lk;
-        kernels::AttentionProbabilities(slice, row_begin, row_end, out, plan.lk, workspace.data());
+        kernels::AttentionProbabilities(slice, row_begin, row_end, 0, plan.lk, out, plan.lk,
+                                        workspace.data());
       }
     });
     if (!options.return_lse) result.lse = Tensor();

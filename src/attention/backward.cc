@@ -1,5 +1,7 @@
 // The attention backward front door: checks the saved forward state and dO,
 // then runs the fused backward once per (batch, K/V head) group.
+#include <memory>
+#include <utility>
 #include <vector>
 
 #include "attention/plan.h"
@@ -54,11 +56,21 @@ void check_backward_args(const Tensor& grad_output, const AttentionPlan& plan,
 
 }  // namespace detail
 
-AttentionGradients attention_backward(const Tensor& grad_output, const Tensor& q, const Tensor& k,
-                                      const Tensor& v, const AttentionResult& forward,
-                                      const AttentionOptions& options, bool mask_requires_grad) {
-  const char* op = "attention_backward";
-  const detail::AttentionPlan plan = detail::plan_attention(q, k, v, options, op);
+namespace detail {
+
+AttentionGradients attention_backward_with(const Tensor& grad_output, const Tensor& q,
+                                           const Tensor& k, const Tensor& v,
+                                           const AttentionResult& forward,
+                                           const AttentionOptions& options, bool mask_requires_grad,
+                                           ScoreModPtr grad_probability_term, const char* op) {
+  detail::AttentionPlan plan = detail::plan_attention(q, k, v, options, op);
+  const std::unique_ptr<ScoreModGradients> score_grads =
+      options.score_mod ? options.score_mod->start_gradients(plan.batch, plan.heads, plan.lq, plan.lk)
+                        : nullptr;
+  if (score_grads || grad_probability_term)
+    plan.hooks = std::make_shared<detail::ModifierHooks>(options.mask_mod, options.score_mod,
+                                                         score_grads.get(),
+                                                         std::move(grad_probability_term));
   detail::check_backward_args(grad_output, plan, options, mask_requires_grad, op);
   const Shape out_shape = grad_output.shape();
   QKV_CHECK(forward.output.defined() && forward.output.shape() == out_shape &&
@@ -78,33 +90,44 @@ AttentionGradients attention_backward(const Tensor& grad_output, const Tensor& q
   const size_t workspace_floats =
       kernels::AttentionBackwardWorkspaceFloats(plan.d, plan.dv, plan.lq, group);
   float* dq_base = dq.data<float>();
-  if (group == 0) return g;  // no query heads: nothing to differentiate
-  detail::parallel_for(0, plan.batch * plan.kv_heads, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> workspace(workspace_floats);
-    std::vector<kernels::AttentionGradSlice> heads(static_cast<size_t>(group));
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t b = task / plan.kv_heads, kv = task % plan.kv_heads;
-      for (int64_t i = 0; i < group; ++i) {
-        const int64_t h = kv * group + i;
-        kernels::AttentionGradSlice& s = heads[static_cast<size_t>(i)];
-        s.forward = plan.slice(b, h, saved);
-        s.grad_out = dout.data<float>() + b * dout.stride(0) + h * dout.stride(1);
-        s.grad_out_stride = dout.stride(2);
-        s.grad_q = dq_base + b * dq.stride(0) + h * dq.stride(1);
-        s.grad_q_stride = dq.stride(2);
-        if (g.grad_mask.defined()) {
-          s.grad_bias = g.grad_mask.data<float>() + (b * plan.heads + h) * plan.lq * plan.lk;
-          s.grad_bias_stride = plan.lk;
+  if (group > 0) {  // else no query heads: nothing to differentiate
+    detail::parallel_for(0, plan.batch * plan.kv_heads, 1, [&](int64_t begin, int64_t end) {
+      std::vector<float> workspace(workspace_floats);
+      std::vector<kernels::AttentionGradSlice> heads(static_cast<size_t>(group));
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t b = task / plan.kv_heads, kv = task % plan.kv_heads;
+        for (int64_t i = 0; i < group; ++i) {
+          const int64_t h = kv * group + i;
+          kernels::AttentionGradSlice& s = heads[static_cast<size_t>(i)];
+          s.forward = plan.slice(b, h, saved);
+          s.grad_out = dout.data<float>() + b * dout.stride(0) + h * dout.stride(1);
+          s.grad_out_stride = dout.stride(2);
+          s.grad_q = dq_base + b * dq.stride(0) + h * dq.stride(1);
+          s.grad_q_stride = dq.stride(2);
+          if (g.grad_mask.defined()) {
+            s.grad_bias = g.grad_mask.data<float>() + (b * plan.heads + h) * plan.lq * plan.lk;
+            s.grad_bias_stride = plan.lk;
+          }
         }
+        kernels::FlashAttentionBackward(
+            heads.data(), group, dk.data<float>() + b * dk.stride(0) + kv * dk.stride(1),
+            dk.stride(2), dv.data<float>() + b * dv.stride(0) + kv * dv.stride(1), dv.stride(2),
+            workspace.data());
       }
-      kernels::FlashAttentionBackward(
-          heads.data(), group, dk.data<float>() + b * dk.stride(0) + kv * dk.stride(1),
-          dk.stride(2), dv.data<float>() + b * dv.stride(0) + kv * dv.stride(1), dv.stride(2),
-          workspace.data());
-    }
-  });
+    });
+  }
   if (g.grad_mask.defined()) g.grad_mask = detail::reduce_to_shape(g.grad_mask, options.mask.shape());
+  if (score_grads) g.grad_score_mod = score_grads->finish();
   return g;
+}
+
+}  // namespace detail
+
+AttentionGradients attention_backward(const Tensor& grad_output, const Tensor& q, const Tensor& k,
+                                      const Tensor& v, const AttentionResult& forward,
+                                      const AttentionOptions& options, bool mask_requires_grad) {
+  return detail::attention_backward_with(grad_output, q, k, v, forward, options, mask_requires_grad,
+                                         nullptr, "attention_backward");
 }
 
 }  // namespace qkv

@@ -6,7 +6,9 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <memory>
 #include <utility>
+#include <vector>
 
 namespace qkv {
 namespace {
@@ -216,6 +218,44 @@ class SoftcapScore : public ScoreMod {
   float cap_;
 };
 
+// (b . a)'s learned gradients: b's from the upstream gradient at a's output,
+// a's from that gradient carried back through b.
+class ChainGradients : public ScoreModGradients {
+ public:
+  ChainGradients(const ScoreMod& a, const ScoreMod& b, std::unique_ptr<ScoreModGradients> ag,
+                 std::unique_ptr<ScoreModGradients> bg)
+      : a_(a), b_(b), ag_(std::move(ag)), bg_(std::move(bg)) {}
+  void accumulate(const AttentionBlock& blk, const float* raw, const float* grad, int64_t ld) override {
+    const size_t size = block_size(blk, ld);
+    std::vector<float> mid;  // a's output, b's input
+    if (raw != nullptr) {
+      mid.assign(raw, raw + size);
+      a_.apply(blk, mid.data(), ld);
+    }
+    const float* b_raw = raw != nullptr ? mid.data() : nullptr;
+    if (bg_) bg_->accumulate(blk, b_raw, grad, ld);
+    if (ag_) {
+      std::vector<float> g(grad, grad + size);
+      b_.backward(blk, b_raw, g.data(), ld);
+      ag_->accumulate(blk, raw, g.data(), ld);
+    }
+  }
+  std::vector<Tensor> finish() override {
+    std::vector<Tensor> out = ag_ ? ag_->finish() : std::vector<Tensor>{};
+    if (bg_)
+      for (Tensor& t : bg_->finish()) out.push_back(std::move(t));
+    return out;
+  }
+
+ private:
+  static size_t block_size(const AttentionBlock& blk, int64_t ld) {
+    return static_cast<size_t>((blk.q_end - blk.q_begin - 1) * ld + (blk.kv_end - blk.kv_begin));
+  }
+  const ScoreMod& a_;
+  const ScoreMod& b_;
+  std::unique_ptr<ScoreModGradients> ag_, bg_;
+};
+
 class ChainScore : public ScoreMod {
  public:
   ChainScore(ScoreModPtr a, ScoreModPtr b) : a_(std::move(a)), b_(std::move(b)) {}
@@ -226,6 +266,37 @@ class ChainScore : public ScoreMod {
     return b_->derivative(a_->score(s, b, h, q, kv), b, h, q, kv) * a_->derivative(s, b, h, q, kv);
   }
   bool needs_raw_scores() const override { return a_->needs_raw_scores() || b_->needs_raw_scores(); }
+  void apply(const AttentionBlock& blk, float* scores, int64_t ld) const override {
+    a_->apply(blk, scores, ld);
+    b_->apply(blk, scores, ld);
+  }
+  void backward(const AttentionBlock& blk, const float* raw, float* grad, int64_t ld) const override {
+    if (raw == nullptr) {  // neither derivative depends on the scores
+      b_->backward(blk, nullptr, grad, ld);
+      a_->backward(blk, nullptr, grad, ld);
+      return;
+    }
+    std::vector<float> mid(raw, raw + (blk.q_end - blk.q_begin - 1) * ld + (blk.kv_end - blk.kv_begin));
+    a_->apply(blk, mid.data(), ld);
+    b_->backward(blk, mid.data(), grad, ld);
+    a_->backward(blk, raw, grad, ld);
+  }
+  void check(int64_t batch, int64_t heads, int64_t lq, int64_t lk) const override {
+    a_->check(batch, heads, lq, lk);
+    b_->check(batch, heads, lq, lk);
+  }
+  std::vector<Tensor> parameters() const override {
+    std::vector<Tensor> p = a_->parameters();
+    for (Tensor& t : b_->parameters()) p.push_back(std::move(t));
+    return p;
+  }
+  std::unique_ptr<ScoreModGradients> start_gradients(int64_t batch, int64_t heads, int64_t lq,
+                                                     int64_t lk) const override {
+    auto ag = a_->start_gradients(batch, heads, lq, lk);
+    auto bg = b_->start_gradients(batch, heads, lq, lk);
+    if (!ag && !bg) return nullptr;
+    return std::make_unique<ChainGradients>(*a_, *b_, std::move(ag), std::move(bg));
+  }
 
  private:
   ScoreModPtr a_, b_;
@@ -253,6 +324,13 @@ void MaskMod::apply(const AttentionBlock& b, float* scores, int64_t ld) const {
 void MaskMod::check(int64_t, int64_t, int64_t, int64_t) const {}
 
 float ScoreMod::derivative(float, int64_t, int64_t, int64_t, int64_t) const { return 1.0f; }
+
+void ScoreMod::check(int64_t, int64_t, int64_t, int64_t) const {}
+
+std::unique_ptr<ScoreModGradients> ScoreMod::start_gradients(int64_t, int64_t, int64_t,
+                                                             int64_t) const {
+  return nullptr;
+}
 
 void ScoreMod::apply(const AttentionBlock& b, float* scores, int64_t ld) const {
   for (int64_t q = b.q_begin; q < b.q_end; ++q) {

@@ -78,6 +78,7 @@ AttentionPlan plan_attention(const Tensor& q_in, const Tensor& k_in, const Tenso
               " heads");
   p.weights_heads = options.weights_heads;
   if (options.mask_mod) options.mask_mod->check(p.batch, p.heads, p.lq, p.lk);
+  if (options.score_mod) options.score_mod->check(p.batch, p.heads, p.lq, p.lk);
   if (options.mask_mod || options.score_mod)
     p.hooks = std::make_shared<ModifierHooks>(options.mask_mod, options.score_mod);
 
@@ -200,7 +201,14 @@ void ModifierHooks::mask_scores(int64_t b, int64_t h, int64_t q0, int64_t q1, in
 
 void ModifierHooks::score_backward(int64_t b, int64_t h, int64_t q0, int64_t q1, int64_t k0,
                                    int64_t k1, const float* raw, float* grad, int64_t ld) const {
-  if (score_) score_->backward({b, h, q0, q1, k0, k1}, raw, grad, ld);
+  if (!score_) return;
+  if (gradients_ != nullptr) gradients_->accumulate({b, h, q0, q1, k0, k1}, raw, grad, ld);
+  score_->backward({b, h, q0, q1, k0, k1}, raw, grad, ld);
+}
+
+void ModifierHooks::add_grad_probability_term(int64_t b, int64_t h, int64_t q0, int64_t q1,
+                                              int64_t k0, int64_t k1, float* dp, int64_t ld) const {
+  grad_probability_term_->apply({b, h, q0, q1, k0, k1}, dp, ld);
 }
 
 bool ModifierHooks::allowed(int64_t b, int64_t h, int64_t q, int64_t k) const {

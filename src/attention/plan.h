@@ -15,7 +15,14 @@ namespace qkv::detail {
 // The modifiers of AttentionOptions as the kernels' per-block hooks.
 class ModifierHooks : public kernels::AttentionHooks {
  public:
-  ModifierHooks(MaskModPtr mask, ScoreModPtr score) : mask_(std::move(mask)), score_(std::move(score)) {}
+  // gradients (may be null) gathers the score modifier's learned gradients in
+  // a backward; grad_probability_term (may be null) adds its scores to dP.
+  ModifierHooks(MaskModPtr mask, ScoreModPtr score, ScoreModGradients* gradients = nullptr,
+                ScoreModPtr grad_probability_term = nullptr)
+      : mask_(std::move(mask)),
+        score_(std::move(score)),
+        gradients_(gradients),
+        grad_probability_term_(std::move(grad_probability_term)) {}
   Visibility visibility(int64_t b, int64_t h, int64_t q0, int64_t q1, int64_t k0,
                         int64_t k1) const override;
   bool has_score_mod() const override { return score_ != nullptr; }
@@ -26,6 +33,9 @@ class ModifierHooks : public kernels::AttentionHooks {
                    int64_t ld) const override;
   void score_backward(int64_t b, int64_t h, int64_t q0, int64_t q1, int64_t k0, int64_t k1,
                       const float* raw, float* grad, int64_t ld) const override;
+  bool has_grad_probability_term() const override { return grad_probability_term_ != nullptr; }
+  void add_grad_probability_term(int64_t b, int64_t h, int64_t q0, int64_t q1, int64_t k0,
+                                 int64_t k1, float* dp, int64_t ld) const override;
   bool allowed(int64_t b, int64_t h, int64_t q, int64_t k) const override;
   float score(float s, int64_t b, int64_t h, int64_t q, int64_t k) const override;
   float derivative(float s, int64_t b, int64_t h, int64_t q, int64_t k) const override;
@@ -33,6 +43,8 @@ class ModifierHooks : public kernels::AttentionHooks {
  private:
   MaskModPtr mask_;
   ScoreModPtr score_;
+  ScoreModGradients* gradients_;
+  ScoreModPtr grad_probability_term_;
 };
 
 struct AttentionPlan {
@@ -67,6 +79,14 @@ AttentionGradients allocate_gradients(const Tensor& q, const Tensor& k, const Te
 Tensor reduce_to_shape(const Tensor& full, const Shape& shape);
 void check_backward_args(const Tensor& grad_output, const AttentionPlan& plan,
                          const AttentionOptions& options, bool mask_requires_grad, const char* op);
+
+// attention_backward() with an extra additive term of dP, the scores of
+// grad_probability_term (Shaw's relative values, relative.cc); errors name op.
+AttentionGradients attention_backward_with(const Tensor& grad_output, const Tensor& q,
+                                           const Tensor& k, const Tensor& v,
+                                           const AttentionResult& forward,
+                                           const AttentionOptions& options, bool mask_requires_grad,
+                                           ScoreModPtr grad_probability_term, const char* op);
 
 // Validates the arguments; errors name `op`, the argument and the values.
 AttentionPlan plan_attention(const Tensor& q, const Tensor& k, const Tensor& v,

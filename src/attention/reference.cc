@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <memory>
 #include <vector>
 
 #include "attention/dense.h"
@@ -78,6 +79,10 @@ AttentionGradients attention_backward_reference(const Tensor& grad_output, const
   const AttentionResult unused = plan.make_result(false);
   const int64_t group = plan.kv_heads > 0 ? plan.heads / plan.kv_heads : 0;
   const int64_t elem = static_cast<int64_t>(dtype_size(plan.q.dtype()));
+  const std::unique_ptr<ScoreModGradients> score_grads =
+      options.score_mod ? options.score_mod->start_gradients(plan.batch, plan.heads, plan.lq, plan.lk)
+                        : nullptr;
+  std::vector<float> row_raw(static_cast<size_t>(plan.lk)), row_grad(row_raw.size());
   for (int64_t b = 0; b < plan.batch; ++b)
     for (int64_t kv = 0; kv < plan.kv_heads; ++kv) {
       std::vector<double> dk_acc(static_cast<size_t>(plan.lk * plan.d), 0.0);
@@ -118,6 +123,14 @@ AttentionGradients attention_backward_reference(const Tensor& grad_output, const
             if (s.hooks && s.hooks->has_score_mod())
               ds_raw[j] *= s.hooks->derivative(static_cast<float>(raw_score(s, i, j)), b, h, i, j);
           }
+          if (score_grads) {  // the learned biases, one row as a block
+            for (int64_t j = 0; j < plan.lk; ++j) {
+              row_raw[j] = static_cast<float>(raw_score(s, i, j));
+              row_grad[j] = static_cast<float>(ds[j]);
+            }
+            score_grads->accumulate({b, h, i, i + 1, 0, plan.lk}, row_raw.data(), row_grad.data(),
+                                    plan.lk);
+          }
           float* dq_row = dq.data<float>() + b * dq.stride(0) + h * dq.stride(1) + i * dq.stride(2);
           for (int64_t c = 0; c < plan.d; ++c) {
             double acc = 0;
@@ -142,6 +155,7 @@ AttentionGradients attention_backward_reference(const Tensor& grad_output, const
       }
     }
   if (g.grad_mask.defined()) g.grad_mask = detail::reduce_to_shape(g.grad_mask, options.mask.shape());
+  if (score_grads) g.grad_score_mod = score_grads->finish();
   return g;
 }
 

@@ -467,8 +467,8 @@ HWY_NOINLINE void FlashAttentionForwardPartialImpl(const AttentionSlice& sl, int
 }
 
 HWY_NOINLINE void AttentionProbabilitiesImpl(const AttentionSlice& sl, int64_t row_begin,
-                                             int64_t row_end, float* out, int64_t out_stride,
-                                             float* workspace) {
+                                             int64_t row_end, int64_t key_begin, int64_t key_end,
+                                             float* out, int64_t out_stride, float* workspace) {
   const DF d;
   const int64_t rows = row_end - row_begin;
   const size_t dim = static_cast<size_t>(sl.d), bcp = static_cast<size_t>(kAttentionKeyStride);
@@ -479,17 +479,17 @@ HWY_NOINLINE void AttentionProbabilitiesImpl(const AttentionSlice& sl, int64_t r
   PackRows(RowOf(sl.q, row_begin, sl.q_stride, sl.bf16), sl.q_stride, sl.bf16,
            static_cast<size_t>(rows), dim, sl.scale, qt, dim, static_cast<size_t>(rows));
   for (int64_t i = 0; i < rows; ++i)
-    std::fill(out + i * out_stride, out + i * out_stride + sl.lk, 0.0f);
-  const int64_t key_end = KeyEnd(sl, row_end);
-  for (int64_t j0 = 0; j0 < key_end; j0 += kAttentionKeyBlock) {
-    const int64_t bc = std::min<int64_t>(kAttentionKeyBlock, key_end - j0);
+    std::fill(out + i * out_stride, out + i * out_stride + (key_end - key_begin), 0.0f);
+  const int64_t visible_end = std::min(key_end, KeyEnd(sl, row_end));
+  for (int64_t j0 = key_begin; j0 < visible_end; j0 += kAttentionKeyBlock) {
+    const int64_t bc = std::min<int64_t>(kAttentionKeyBlock, visible_end - j0);
     const size_t n = RoundUp(static_cast<size_t>(bc), hn::Lanes(d));
     PackKeyBlock(sl, j0, bc, kt, bcp);
     if (!ScoreBlock(sl, qt, dim, kt, row_begin, rows, j0, bc, n, s)) continue;
     for (int64_t i = 0; i < rows; ++i) {
       float* row = s + i * bcp;
       ProbabilitiesFromLse(d, row, sl.lse[row_begin + i], bc, n);
-      std::copy(row, row + bc, out + i * out_stride + j0);
+      std::copy(row, row + bc, out + i * out_stride + (j0 - key_begin));
     }
   }
 }

@@ -72,9 +72,10 @@ void MergeAttentionPartials(const AttentionSlice& slice, int64_t row_begin, int6
 }
 
 void AttentionProbabilities(const AttentionSlice& slice, int64_t row_begin, int64_t row_end,
-                            float* out, int64_t out_stride, float* workspace) {
-  HWY_DYNAMIC_DISPATCH(AttentionProbabilitiesImpl)(slice, row_begin, row_end, out, out_stride,
-                                                   workspace);
+                            int64_t key_begin, int64_t key_end, float* out, int64_t out_stride,
+                            float* workspace) {
+  HWY_DYNAMIC_DISPATCH(AttentionProbabilitiesImpl)(slice, row_begin, row_end, key_begin, key_end,
+                                                   out, out_stride, workspace);
 }
 
 size_t AttentionBackwardWorkspaceFloats(int64_t d, int64_t dv, int64_t lq, int64_t heads) {

@@ -40,6 +40,12 @@ class AttentionHooks {
   // grad *= d(modified score) / d(score), given the raw scores.
   virtual void score_backward(int64_t b, int64_t h, int64_t q0, int64_t q1, int64_t k0, int64_t k1,
                               const float* raw, float* grad, int64_t ld) const = 0;
+  // An extra additive term of dP = d loss / d(probability), per pair (Shaw's
+  // relative value embeddings, whose output term the probabilities weight).
+  virtual bool has_grad_probability_term() const { return false; }
+  virtual void add_grad_probability_term(int64_t /*b*/, int64_t /*h*/, int64_t /*q0*/,
+                                         int64_t /*q1*/, int64_t /*k0*/, int64_t /*k1*/,
+                                         float* /*dp*/, int64_t /*ld*/) const {}
   // Pair-wise forms, for the oracle.
   virtual bool allowed(int64_t b, int64_t h, int64_t q, int64_t k) const = 0;
   virtual float score(float s, int64_t b, int64_t h, int64_t q, int64_t k) const = 0;
@@ -108,10 +114,12 @@ void MergeAttentionPartials(const AttentionSlice& slice, int64_t row_begin, int6
                             const float* partials, int64_t parts, int64_t part_stride);
 
 // The attention weights (probabilities, before dropout) of query rows
-// [row_begin, row_end) recomputed from the slice's log-sum-exp (slice.lse must
-// hold the forward's): out[i, j] for all lk keys, rows out_stride apart.
+// [row_begin, row_end) and keys [key_begin, key_end), recomputed from the
+// slice's log-sum-exp (slice.lse must hold the forward's):
+// out[i * out_stride + (j - key_begin)].
 void AttentionProbabilities(const AttentionSlice& slice, int64_t row_begin, int64_t row_end,
-                            float* out, int64_t out_stride, float* workspace);
+                            int64_t key_begin, int64_t key_end, float* out, int64_t out_stride,
+                            float* workspace);
 
 // The backward of one query head (FlashAttention-2's: recompute the
 // probabilities from the saved log-sum-exp, never store them).

@@ -119,6 +119,8 @@ HWY_NOINLINE void FlashAttentionBackwardImpl(const AttentionGradSlice* heads, in
         }
         Gemm(pv, 1, bcp, dor, dvp, dvb, dvp, n, dvp, m, /*accumulate=*/true);   // dV += Pd^T dO
         Gemm(dor, dvp, 1, vt, bcp, dpm, bcp, m, n, dv, /*accumulate=*/false);  // dPd = dO v^T
+        if (sl.hooks != nullptr && sl.hooks->has_grad_probability_term())
+          sl.hooks->add_grad_probability_term(sl.batch, sl.head, i0, i0 + rows, j0, j0 + bc, dpm, bcp);
         // dS = P (dP - delta) with dP = dPd M / (1 - p), i.e. Pd dPd - P delta
         // (M the dropout mask; without dropout Pd = P). In place of P.
         for (int64_t i = 0; i < rows; ++i) {
