@@ -1,7 +1,8 @@
 // Scaled dot-product attention (SPEC §1): one front door for every layout,
 // mask and head arrangement.
 //
-//   out[b, h, i, :] = sum_j softmax_j(scale * q[b,h,i,:] . k[b,g(h),j,:] + mask[b,h,i,j]) v[b,g(h),j,:]
+//   out[b, h, i, :] = sum_j softmax_j(scale * q[b,h,i,:] . k[b,g(h),j,:] + mask[b,h,i,j])
+//   v[b,g(h),j,:]
 //
 // with g(h) = h / (Hq / Hkv) for grouped-query and multi-query attention.
 #pragma once
@@ -52,8 +53,8 @@ struct AttentionOptions {
 };
 
 struct AttentionResult {
-  Tensor output;  // f32, q's layout: [B, Hq, Lq, Dv] or [B, Lq, Hq, Dv]
-  Tensor lse;     // f32 [B, Hq, Lq] when asked for; -inf for a fully masked row
+  Tensor output;   // f32, q's layout: [B, Hq, Lq, Dv] or [B, Lq, Hq, Dv]
+  Tensor lse;      // f32 [B, Hq, Lq] when asked for; -inf for a fully masked row
   Tensor weights;  // f32 [B, len(weights_heads), Lq, Lk] when asked for
 };
 

@@ -84,7 +84,8 @@ class ScoreMod {
   // Block forms; the defaults loop over score() / derivative().
   virtual void apply(const AttentionBlock& block, float* scores, int64_t ld) const;
   // grad[i, j] *= derivative(raw[i, j], ...) (raw may be null when !needs_raw_scores()).
-  virtual void backward(const AttentionBlock& block, const float* raw, float* grad, int64_t ld) const;
+  virtual void backward(const AttentionBlock& block, const float* raw, float* grad,
+                        int64_t ld) const;
   // Throws qkv::Error when the modifier cannot serve scores of this shape (a
   // bias table with fewer heads, say). attention() calls it once per call.
   virtual void check(int64_t batch, int64_t heads, int64_t lq, int64_t lk) const;

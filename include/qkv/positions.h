@@ -46,8 +46,8 @@ ScoreModPtr t5_bias_score(const Tensor& table, const T5BiasOptions& options = {}
 // [B, H, Lq, 2k + 1] table q . a^K; the value term weights a^V by the
 // probability mass of each clipped distance (no Lq x Lk buffer either way).
 struct ShawPositions {
-  Tensor key;    // a^K [2k + 1, D], or undefined for no key term
-  Tensor value;  // a^V [2k + 1, Dv], or undefined for no value term
+  Tensor key;                // a^K [2k + 1, D], or undefined for no key term
+  Tensor value;              // a^V [2k + 1, Dv], or undefined for no value term
   int64_t max_distance = 0;  // the clipping distance k, >= 1
   int64_t query_offset = 0;
 };

@@ -1,4 +1,6 @@
 // qkv.attention: the fused scaled dot-product attention of qkv/attention.h.
+#include "qkv/attention.h"
+
 #include <nanobind/stl/optional.h>
 #include <nanobind/stl/pair.h>
 #include <nanobind/stl/shared_ptr.h>
@@ -13,7 +15,6 @@
 #include <vector>
 
 #include "bindings.h"
-#include "qkv/attention.h"
 #include "qkv/modifiers.h"
 
 namespace qkv::python {
@@ -27,7 +28,8 @@ AttentionLayout parse_layout(const std::string& layout) {
 
 // causal: False / True (top-left, as torch's is_causal) / "top_left" / "bottom_right".
 Causal parse_causal(const nb::handle& causal) {
-  if (nb::isinstance<nb::bool_>(causal)) return nb::cast<bool>(causal) ? Causal::top_left : Causal::none;
+  if (nb::isinstance<nb::bool_>(causal))
+    return nb::cast<bool>(causal) ? Causal::top_left : Causal::none;
   if (nb::isinstance<nb::str>(causal)) {
     const std::string s = nb::cast<std::string>(causal);
     if (s == "top_left") return Causal::top_left;
@@ -43,7 +45,8 @@ Causal parse_causal(const nb::handle& causal) {
 AttentionOptions make_options(std::optional<double> scale, nb::handle causal,
                               std::optional<Tensor> mask, std::optional<Tensor> key_padding_mask,
                               const std::string& layout, double dropout, uint64_t dropout_seed,
-                              std::shared_ptr<MaskMod> mask_mod, std::shared_ptr<ScoreMod> score_mod) {
+                              std::shared_ptr<MaskMod> mask_mod,
+                              std::shared_ptr<ScoreMod> score_mod) {
   return AttentionOptions{.layout = parse_layout(layout),
                           .scale = scale,
                           .causal = parse_causal(causal),
@@ -55,7 +58,6 @@ AttentionOptions make_options(std::optional<double> scale, nb::handle causal,
                           .dropout_seed = dropout_seed};
 }
 
-
 void bind_attention(nb::module_& m) {
   m.def(
       "attention",
@@ -64,8 +66,9 @@ void bind_attention(nb::module_& m) {
          const std::string& layout, double dropout, uint64_t dropout_seed, bool return_lse,
          std::vector<int64_t> weights_heads, bool reference, std::shared_ptr<MaskMod> mask_mod,
          std::shared_ptr<ScoreMod> score_mod) -> nb::object {
-        AttentionOptions options = make_options(scale, causal, mask, key_padding_mask, layout, dropout,
-                                                dropout_seed, std::move(mask_mod), std::move(score_mod));
+        AttentionOptions options =
+            make_options(scale, causal, mask, key_padding_mask, layout, dropout, dropout_seed,
+                         std::move(mask_mod), std::move(score_mod));
         options.return_lse = return_lse;
         options.weights_heads = std::move(weights_heads);
         AttentionResult r;
@@ -99,7 +102,6 @@ void bind_attention(nb::module_& m) {
         nb::arg("lq"), nb::arg("lk"), nb::arg("dropout"), nb::arg("seed"),
         "The bool [B, H, Lq, Lk] keep-mask attention(dropout=p, dropout_seed=seed) applies.");
 }
-
 
 void bind_attention_backward(nb::module_& m) {
   m.def(
@@ -139,7 +141,8 @@ void bind_attention_backward(nb::module_& m) {
       nb::arg("score_mod").none() = nb::none(),
       "Gradients of attention(): a dict with 'q', 'k', 'v' (f32, shaped like the inputs) and "
       "'mask' (the additive mask's gradient when mask_requires_grad), 'score_mod' (a list: the "
-      "gradients of the score modifier's learned tensors, e.g. t5_bias_score's table). Pass the forward's output "
+      "gradients of the score modifier's learned tensors, e.g. t5_bias_score's table). Pass the "
+      "forward's output "
       "and lse (attention(..., return_lse=True)); reference=True recomputes in double instead. "
       "Pass the same mask_mod / score_mod as the forward.");
 }

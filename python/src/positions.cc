@@ -1,4 +1,6 @@
 // Positional encodings: sinusoidal tables, ALiBi, rotary embeddings.
+#include "qkv/positions.h"
+
 #include <nanobind/stl/optional.h>
 #include <nanobind/stl/shared_ptr.h>
 #include <nanobind/stl/string.h>
@@ -7,7 +9,6 @@
 #include <string>
 
 #include "bindings.h"
-#include "qkv/positions.h"
 
 namespace qkv::python {
 namespace {
@@ -15,11 +16,18 @@ namespace {
 RotaryOptions rotary_options(double base, double scaling, int64_t offset, const std::string& style,
                              int64_t rotary_dim, const std::string& layout) {
   RotaryOptions o{.base = base, .scaling = scaling, .offset = offset, .rotary_dim = rotary_dim};
-  if (style == "rotate_half") o.style = RotaryStyle::rotate_half;
-  else if (style == "interleaved") o.style = RotaryStyle::interleaved;
-  else throw Error(detail::str("rotary_embedding: style must be 'rotate_half' or 'interleaved', got '", style, "'"));
-  if (layout == "blhd") o.layout = AttentionLayout::blhd;
-  else if (layout != "bhld") throw Error(detail::str("rotary_embedding: layout must be 'bhld' or 'blhd', got '", layout, "'"));
+  if (style == "rotate_half")
+    o.style = RotaryStyle::rotate_half;
+  else if (style == "interleaved")
+    o.style = RotaryStyle::interleaved;
+  else
+    throw Error(detail::str("rotary_embedding: style must be 'rotate_half' or 'interleaved', got '",
+                            style, "'"));
+  if (layout == "blhd")
+    o.layout = AttentionLayout::blhd;
+  else if (layout != "bhld")
+    throw Error(
+        detail::str("rotary_embedding: layout must be 'bhld' or 'blhd', got '", layout, "'"));
   return o;
 }
 
@@ -47,8 +55,9 @@ void bind_shaw(nb::module_& m) {
          std::optional<double> scale, nb::handle causal, std::optional<Tensor> mask,
          std::optional<Tensor> key_padding_mask, const std::string& layout,
          std::shared_ptr<MaskMod> mask_mod, std::shared_ptr<ScoreMod> score_mod) {
-        const AttentionOptions options = make_options(scale, causal, mask, key_padding_mask, layout,
-                                                      0.0, 0, std::move(mask_mod), std::move(score_mod));
+        const AttentionOptions options =
+            make_options(scale, causal, mask, key_padding_mask, layout, 0.0, 0, std::move(mask_mod),
+                         std::move(score_mod));
         const ShawPositions positions = shaw_positions(key, value, max_distance, query_offset);
         ShawResult r;
         {
@@ -78,8 +87,9 @@ void bind_shaw(nb::module_& m) {
          std::optional<Tensor> mask, std::optional<Tensor> key_padding_mask,
          const std::string& layout, bool mask_requires_grad, std::shared_ptr<MaskMod> mask_mod,
          std::shared_ptr<ScoreMod> score_mod) {
-        const AttentionOptions options = make_options(scale, causal, mask, key_padding_mask, layout,
-                                                      0.0, 0, std::move(mask_mod), std::move(score_mod));
+        const AttentionOptions options =
+            make_options(scale, causal, mask, key_padding_mask, layout, 0.0, 0, std::move(mask_mod),
+                         std::move(score_mod));
         const ShawPositions positions = shaw_positions(key, value, max_distance, query_offset);
         const ShawResult forward{{output, lse}, value_weights.value_or(Tensor())};
         ShawGradients g;
@@ -92,16 +102,18 @@ void bind_shaw(nb::module_& m) {
         grads["q"] = g.attention.grad_q;
         grads["k"] = g.attention.grad_k;
         grads["v"] = g.attention.grad_v;
-        grads["mask"] = g.attention.grad_mask.defined() ? nb::cast(g.attention.grad_mask) : nb::none();
+        grads["mask"] =
+            g.attention.grad_mask.defined() ? nb::cast(g.attention.grad_mask) : nb::none();
         grads["score_mod"] = g.attention.grad_score_mod;
         grads["key"] = g.grad_key.defined() ? nb::cast(g.grad_key) : nb::none();
         grads["value"] = g.grad_value.defined() ? nb::cast(g.grad_value) : nb::none();
         return grads;
       },
       nb::arg("grad_output"), nb::arg("q"), nb::arg("k"), nb::arg("v"), nb::arg("output"),
-      nb::arg("lse"), nb::arg("value_weights").none() = nb::none(), nb::arg("key").none() = nb::none(),
-      nb::arg("value").none() = nb::none(), nb::arg("max_distance"), nb::arg("query_offset") = 0,
-      nb::arg("scale") = nb::none(), nb::arg("causal") = false, nb::arg("mask") = nb::none(),
+      nb::arg("lse"), nb::arg("value_weights").none() = nb::none(),
+      nb::arg("key").none() = nb::none(), nb::arg("value").none() = nb::none(),
+      nb::arg("max_distance"), nb::arg("query_offset") = 0, nb::arg("scale") = nb::none(),
+      nb::arg("causal") = false, nb::arg("mask") = nb::none(),
       nb::arg("key_padding_mask") = nb::none(), nb::arg("layout") = "bhld",
       nb::arg("mask_requires_grad") = false, nb::arg("mask_mod").none() = nb::none(),
       nb::arg("score_mod").none() = nb::none(),
@@ -114,7 +126,8 @@ void bind_shaw(nb::module_& m) {
 void bind_positions(nb::module_& m) {
   m.def("sinusoidal_positions", &sinusoidal_positions, nb::arg("length"), nb::arg("dim"),
         nb::arg("base") = 10000.0, "The [length, dim] sinusoidal table of Vaswani et al. 2017.");
-  m.def("alibi_slopes", &alibi_slopes, nb::arg("heads"), "ALiBi's per-head slopes (Press et al. 2022).");
+  m.def("alibi_slopes", &alibi_slopes, nb::arg("heads"),
+        "ALiBi's per-head slopes (Press et al. 2022).");
   m.def("alibi_score", &alibi_score, nb::arg("slopes"), nb::arg("query_offset") = 0,
         "A score modifier adding -slope[h] * |q + query_offset - kv| inside the fused kernel.");
   m.def(
@@ -129,7 +142,8 @@ void bind_positions(nb::module_& m) {
       "t5_bias_score",
       [](const Tensor& table, bool bidirectional, int64_t num_buckets, int64_t max_distance,
          int64_t query_offset) {
-        return t5_bias_score(table, t5_options(bidirectional, num_buckets, max_distance, query_offset));
+        return t5_bias_score(table,
+                             t5_options(bidirectional, num_buckets, max_distance, query_offset));
       },
       nb::arg("table"), nb::arg("bidirectional") = true, nb::arg("num_buckets") = 32,
       nb::arg("max_distance") = 128, nb::arg("query_offset") = 0,
@@ -149,7 +163,8 @@ void bind_positions(nb::module_& m) {
           return rotation(x, o);
         },
         nb::arg(arg), nb::arg("base") = 10000.0, nb::arg("scaling") = 1.0, nb::arg("offset") = 0,
-        nb::arg("style") = "rotate_half", nb::arg("rotary_dim") = 0, nb::arg("layout") = "bhld", doc);
+        nb::arg("style") = "rotate_half", nb::arg("rotary_dim") = 0, nb::arg("layout") = "bhld",
+        doc);
   };
   bind_rotation("rotary_embedding", "x", &qkv::rotary_embedding,
                 "Rotary position embedding of x [B, H, L, D] (layout='blhd': [B, L, H, D]).");

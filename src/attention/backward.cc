@@ -65,21 +65,22 @@ AttentionGradients attention_backward_with(const Tensor& grad_output, const Tens
                                            ScoreModPtr grad_probability_term, const char* op) {
   detail::AttentionPlan plan = detail::plan_attention(q, k, v, options, op);
   const std::unique_ptr<ScoreModGradients> score_grads =
-      options.score_mod ? options.score_mod->start_gradients(plan.batch, plan.heads, plan.lq, plan.lk)
-                        : nullptr;
+      options.score_mod
+          ? options.score_mod->start_gradients(plan.batch, plan.heads, plan.lq, plan.lk)
+          : nullptr;
   if (score_grads || grad_probability_term)
-    plan.hooks = std::make_shared<detail::ModifierHooks>(options.mask_mod, options.score_mod,
-                                                         score_grads.get(),
-                                                         std::move(grad_probability_term));
+    plan.hooks = std::make_shared<detail::ModifierHooks>(
+        options.mask_mod, options.score_mod, score_grads.get(), std::move(grad_probability_term));
   detail::check_backward_args(grad_output, plan, options, mask_requires_grad, op);
   const Shape out_shape = grad_output.shape();
   QKV_CHECK(forward.output.defined() && forward.output.shape() == out_shape &&
                 forward.output.dtype() == DType::f32,
             op, ": argument forward.output must be the f32 output of attention() with shape ",
             shape_string(out_shape));
-  QKV_CHECK(forward.lse.defined() && forward.lse.shape() == (Shape{plan.batch, plan.heads, plan.lq}),
-            op, ": argument forward.lse is missing or has the wrong shape; run attention() with "
-            "return_lse = true");
+  QKV_CHECK(
+      forward.lse.defined() && forward.lse.shape() == (Shape{plan.batch, plan.heads, plan.lq}), op,
+      ": argument forward.lse is missing or has the wrong shape; run attention() with "
+      "return_lse = true");
   AttentionResult saved{forward.output.contiguous(), forward.lse.contiguous()};
   const Tensor dout = detail::like_bhld(grad_output.to(DType::f32), plan.layout).contiguous();
   AttentionGradients g = detail::allocate_gradients(q, k, v, plan, mask_requires_grad);
@@ -116,7 +117,8 @@ AttentionGradients attention_backward_with(const Tensor& grad_output, const Tens
       }
     });
   }
-  if (g.grad_mask.defined()) g.grad_mask = detail::reduce_to_shape(g.grad_mask, options.mask.shape());
+  if (g.grad_mask.defined())
+    g.grad_mask = detail::reduce_to_shape(g.grad_mask, options.mask.shape());
   if (score_grads) g.grad_score_mod = score_grads->finish();
   return g;
 }

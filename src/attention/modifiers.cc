@@ -124,8 +124,11 @@ class DocumentMask : public MaskMod {
 
 class CustomMask : public MaskMod {
  public:
-  explicit CustomMask(std::function<bool(int64_t, int64_t, int64_t, int64_t)> fn) : fn_(std::move(fn)) {}
-  bool allowed(int64_t b, int64_t h, int64_t q, int64_t kv) const override { return fn_(b, h, q, kv); }
+  explicit CustomMask(std::function<bool(int64_t, int64_t, int64_t, int64_t)> fn)
+      : fn_(std::move(fn)) {}
+  bool allowed(int64_t b, int64_t h, int64_t q, int64_t kv) const override {
+    return fn_(b, h, q, kv);
+  }
 
  private:
   std::function<bool(int64_t, int64_t, int64_t, int64_t)> fn_;
@@ -190,7 +193,8 @@ class OrMask : public MaskMod {
 
 class BiasScore : public ScoreMod {
  public:
-  explicit BiasScore(std::function<float(int64_t, int64_t, int64_t, int64_t)> fn) : fn_(std::move(fn)) {}
+  explicit BiasScore(std::function<float(int64_t, int64_t, int64_t, int64_t)> fn)
+      : fn_(std::move(fn)) {}
   float score(float s, int64_t b, int64_t h, int64_t q, int64_t kv) const override {
     return s + fn_(b, h, q, kv);
   }
@@ -225,7 +229,8 @@ class ChainGradients : public ScoreModGradients {
   ChainGradients(const ScoreMod& a, const ScoreMod& b, std::unique_ptr<ScoreModGradients> ag,
                  std::unique_ptr<ScoreModGradients> bg)
       : a_(a), b_(b), ag_(std::move(ag)), bg_(std::move(bg)) {}
-  void accumulate(const AttentionBlock& blk, const float* raw, const float* grad, int64_t ld) override {
+  void accumulate(const AttentionBlock& blk, const float* raw, const float* grad,
+                  int64_t ld) override {
     const size_t size = block_size(blk, ld);
     std::vector<float> mid;  // a's output, b's input
     if (raw != nullptr) {
@@ -265,18 +270,22 @@ class ChainScore : public ScoreMod {
   float derivative(float s, int64_t b, int64_t h, int64_t q, int64_t kv) const override {
     return b_->derivative(a_->score(s, b, h, q, kv), b, h, q, kv) * a_->derivative(s, b, h, q, kv);
   }
-  bool needs_raw_scores() const override { return a_->needs_raw_scores() || b_->needs_raw_scores(); }
+  bool needs_raw_scores() const override {
+    return a_->needs_raw_scores() || b_->needs_raw_scores();
+  }
   void apply(const AttentionBlock& blk, float* scores, int64_t ld) const override {
     a_->apply(blk, scores, ld);
     b_->apply(blk, scores, ld);
   }
-  void backward(const AttentionBlock& blk, const float* raw, float* grad, int64_t ld) const override {
+  void backward(const AttentionBlock& blk, const float* raw, float* grad,
+                int64_t ld) const override {
     if (raw == nullptr) {  // neither derivative depends on the scores
       b_->backward(blk, nullptr, grad, ld);
       a_->backward(blk, nullptr, grad, ld);
       return;
     }
-    std::vector<float> mid(raw, raw + (blk.q_end - blk.q_begin - 1) * ld + (blk.kv_end - blk.kv_begin));
+    std::vector<float> mid(raw,
+                           raw + (blk.q_end - blk.q_begin - 1) * ld + (blk.kv_end - blk.kv_begin));
     a_->apply(blk, mid.data(), ld);
     b_->backward(blk, mid.data(), grad, ld);
     a_->backward(blk, raw, grad, ld);
@@ -318,12 +327,15 @@ BlockVisibility MaskMod::visibility(const AttentionBlock& b) const {
 void MaskMod::apply(const AttentionBlock& b, float* scores, int64_t ld) const {
   for (int64_t q = b.q_begin; q < b.q_end; ++q)
     for (int64_t kv = b.kv_begin; kv < b.kv_end; ++kv)
-      if (!allowed(b.batch, b.head, q, kv)) scores[(q - b.q_begin) * ld + kv - b.kv_begin] = kMinusInf;
+      if (!allowed(b.batch, b.head, q, kv))
+        scores[(q - b.q_begin) * ld + kv - b.kv_begin] = kMinusInf;
 }
 
 void MaskMod::check(int64_t, int64_t, int64_t, int64_t) const {}
 
-float ScoreMod::derivative(float, int64_t, int64_t, int64_t, int64_t) const { return 1.0f; }
+float ScoreMod::derivative(float, int64_t, int64_t, int64_t, int64_t) const {
+  return 1.0f;
+}
 
 void ScoreMod::check(int64_t, int64_t, int64_t, int64_t) const {}
 
@@ -360,7 +372,9 @@ MaskModPtr prefix_lm_mask(int64_t prefix) {
   QKV_CHECK(prefix >= 0, "prefix_lm_mask: prefix must be >= 0, got ", prefix);
   return std::make_shared<PrefixLmMask>(prefix);
 }
-MaskModPtr document_mask(const Tensor& ids) { return std::make_shared<DocumentMask>(ids); }
+MaskModPtr document_mask(const Tensor& ids) {
+  return std::make_shared<DocumentMask>(ids);
+}
 MaskModPtr custom_mask(std::function<bool(int64_t, int64_t, int64_t, int64_t)> fn) {
   return std::make_shared<CustomMask>(std::move(fn));
 }
@@ -373,7 +387,9 @@ MaskModPtr mask_or(MaskModPtr a, MaskModPtr b) {
 ScoreModPtr bias_score(std::function<float(int64_t, int64_t, int64_t, int64_t)> fn) {
   return std::make_shared<BiasScore>(std::move(fn));
 }
-ScoreModPtr softcap_score(float cap) { return std::make_shared<SoftcapScore>(cap); }
+ScoreModPtr softcap_score(float cap) {
+  return std::make_shared<SoftcapScore>(cap);
+}
 ScoreModPtr score_chain(ScoreModPtr a, ScoreModPtr b) {
   return std::make_shared<ChainScore>(std::move(a), std::move(b));
 }

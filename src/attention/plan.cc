@@ -63,7 +63,8 @@ AttentionPlan plan_attention(const Tensor& q_in, const Tensor& k_in, const Tenso
   QKV_CHECK(p.kv_heads > 0 ? p.heads % p.kv_heads == 0 : p.heads == 0, op, ": q's ", p.heads,
             " heads are not a multiple of k's and v's ", p.kv_heads, " heads", shapes());
 
-  const double scale = options.scale.value_or(p.d > 0 ? 1.0 / std::sqrt(static_cast<double>(p.d)) : 1.0);
+  const double scale =
+      options.scale.value_or(p.d > 0 ? 1.0 / std::sqrt(static_cast<double>(p.d)) : 1.0);
   QKV_CHECK(std::isfinite(scale), op, ": scale must be finite, got ", scale);
   p.scale = static_cast<float>(scale);
   if (options.causal == Causal::top_left) p.causal_diagonal = 0;
@@ -91,8 +92,7 @@ AttentionPlan plan_attention(const Tensor& q_in, const Tensor& k_in, const Tenso
     bool broadcasts = mask.dim() <= 4;
     for (int64_t i = 1; broadcasts && i <= mask.dim(); ++i)
       broadcasts = mask.size(-i) == 1 || mask.size(-i) == scores[4 - i];
-    QKV_CHECK(broadcasts, op,
-              ": argument mask has shape ", shape_string(mask.shape()),
+    QKV_CHECK(broadcasts, op, ": argument mask has shape ", shape_string(mask.shape()),
               ", which does not broadcast to the scores' shape ", shape_string(scores));
     if (mask.dtype() == DType::boolean)
       p.allowed = mask.expand(scores);
@@ -112,8 +112,8 @@ AttentionPlan plan_attention(const Tensor& q_in, const Tensor& k_in, const Tenso
 
 AttentionResult AttentionPlan::make_result(bool with_lse) const {
   AttentionResult r;
-  const Shape shape = layout == AttentionLayout::bhld ? Shape{batch, heads, lq, dv}
-                                                      : Shape{batch, lq, heads, dv};
+  const Shape shape =
+      layout == AttentionLayout::bhld ? Shape{batch, heads, lq, dv} : Shape{batch, lq, heads, dv};
   r.output = Tensor::zeros(shape, DType::f32);
   if (with_lse) r.lse = Tensor::full({batch, heads, lq}, -INFINITY, DType::f32);
   if (!weights_heads.empty())
@@ -125,7 +125,8 @@ Tensor AttentionPlan::output_bhld(const AttentionResult& result, AttentionLayout
   return as_bhld(result.output, layout);
 }
 
-kernels::AttentionSlice AttentionPlan::slice(int64_t b, int64_t h, const AttentionResult& result) const {
+kernels::AttentionSlice AttentionPlan::slice(int64_t b, int64_t h,
+                                             const AttentionResult& result) const {
   kernels::AttentionSlice s;
   const int64_t g = h / (heads / kv_heads);  // the K/V head this query head reads
   const size_t elem = dtype_size(q.dtype());
@@ -143,7 +144,8 @@ kernels::AttentionSlice AttentionPlan::slice(int64_t b, int64_t h, const Attenti
   const Tensor out = output_bhld(result, layout);
   s.o = static_cast<float*>(out.raw_data()) + b * out.stride(0) + h * out.stride(1);
   s.o_stride = out.stride(2);
-  if (result.lse.defined()) s.lse = static_cast<float*>(result.lse.raw_data()) + (b * heads + h) * lq;
+  if (result.lse.defined())
+    s.lse = static_cast<float*>(result.lse.raw_data()) + (b * heads + h) * lq;
   s.lq = lq;
   s.lk = lk;
   s.d = d;

@@ -40,7 +40,8 @@ void reference_slice(const kernels::AttentionSlice& s) {
 
 AttentionResult attention_reference(const Tensor& q, const Tensor& k, const Tensor& v,
                                     const AttentionOptions& options) {
-  const detail::AttentionPlan plan = detail::plan_attention(q, k, v, options, "attention_reference");
+  const detail::AttentionPlan plan =
+      detail::plan_attention(q, k, v, options, "attention_reference");
   AttentionResult result = plan.make_result(options.return_lse);
   detail::parallel_for(0, plan.batch * plan.heads, 1, [&](int64_t begin, int64_t end) {
     for (int64_t bh = begin; bh < end; ++bh)
@@ -80,8 +81,9 @@ AttentionGradients attention_backward_reference(const Tensor& grad_output, const
   const int64_t group = plan.kv_heads > 0 ? plan.heads / plan.kv_heads : 0;
   const int64_t elem = static_cast<int64_t>(dtype_size(plan.q.dtype()));
   const std::unique_ptr<ScoreModGradients> score_grads =
-      options.score_mod ? options.score_mod->start_gradients(plan.batch, plan.heads, plan.lq, plan.lk)
-                        : nullptr;
+      options.score_mod
+          ? options.score_mod->start_gradients(plan.batch, plan.heads, plan.lq, plan.lk)
+          : nullptr;
   std::vector<float> row_raw(static_cast<size_t>(plan.lk)), row_grad(row_raw.size());
   for (int64_t b = 0; b < plan.batch; ++b)
     for (int64_t kv = 0; kv < plan.kv_heads; ++kv) {
@@ -102,7 +104,8 @@ AttentionGradients attention_backward_reference(const Tensor& grad_output, const
             ds_raw(static_cast<size_t>(plan.lk));
         for (int64_t i = 0; i < plan.lq; ++i) {
           probabilities(s, i, p);
-          const float* go = dout.data<float>() + b * dout.stride(0) + h * dout.stride(1) + i * dout.stride(2);
+          const float* go =
+              dout.data<float>() + b * dout.stride(0) + h * dout.stride(1) + i * dout.stride(2);
           double delta = 0;
           for (int64_t j = 0; j < plan.lk; ++j) {
             // The weight that multiplied v_j, and d(loss)/d(P_ij) through it.
@@ -138,7 +141,8 @@ AttentionGradients attention_backward_reference(const Tensor& grad_output, const
             dq_row[c * dq.stride(3)] = static_cast<float>(acc * s.scale);
           }
           for (int64_t j = 0; j < plan.lk; ++j) {
-            for (int64_t c = 0; c < plan.d; ++c) dk_acc[j * plan.d + c] += ds_raw[j] * qv(i, c) * s.scale;
+            for (int64_t c = 0; c < plan.d; ++c)
+              dk_acc[j * plan.d + c] += ds_raw[j] * qv(i, c) * s.scale;
             if (g.grad_mask.defined())
               g.grad_mask.data<float>()[((b * plan.heads + h) * plan.lq + i) * plan.lk + j] =
                   static_cast<float>(ds[j]);
@@ -147,14 +151,15 @@ AttentionGradients attention_backward_reference(const Tensor& grad_output, const
       }
       for (int64_t j = 0; j < plan.lk; ++j) {
         for (int64_t c = 0; c < plan.d; ++c)
-          dk.data<float>()[b * dk.stride(0) + kv * dk.stride(1) + j * dk.stride(2) + c * dk.stride(3)] =
-              static_cast<float>(dk_acc[j * plan.d + c]);
+          dk.data<float>()[b * dk.stride(0) + kv * dk.stride(1) + j * dk.stride(2) +
+                           c * dk.stride(3)] = static_cast<float>(dk_acc[j * plan.d + c]);
         for (int64_t c = 0; c < plan.dv; ++c)
-          dv.data<float>()[b * dv.stride(0) + kv * dv.stride(1) + j * dv.stride(2) + c * dv.stride(3)] =
-              static_cast<float>(dv_acc[j * plan.dv + c]);
+          dv.data<float>()[b * dv.stride(0) + kv * dv.stride(1) + j * dv.stride(2) +
+                           c * dv.stride(3)] = static_cast<float>(dv_acc[j * plan.dv + c]);
       }
     }
-  if (g.grad_mask.defined()) g.grad_mask = detail::reduce_to_shape(g.grad_mask, options.mask.shape());
+  if (g.grad_mask.defined())
+    g.grad_mask = detail::reduce_to_shape(g.grad_mask, options.mask.shape());
   if (score_grads) g.grad_score_mod = score_grads->finish();
   return g;
 }

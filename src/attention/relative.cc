@@ -56,7 +56,8 @@ class T5BiasScore;
 class T5Gradients : public ScoreModGradients {
  public:
   T5Gradients(const T5BiasScore& mod, int64_t batch, int64_t heads);
-  void accumulate(const AttentionBlock& blk, const float* raw, const float* grad, int64_t ld) override;
+  void accumulate(const AttentionBlock& blk, const float* raw, const float* grad,
+                  int64_t ld) override;
   std::vector<Tensor> finish() override;
 
  private:
@@ -87,8 +88,12 @@ class T5BiasScore : public ScoreMod {
     return buckets_[static_cast<size_t>(std::clamp(relative, -m, m) + m)];
   }
   // Relative positions kv - q - offset over a block: [lo, hi].
-  int64_t lowest(const AttentionBlock& b) const { return b.kv_begin - (b.q_end - 1) - options_.query_offset; }
-  int64_t highest(const AttentionBlock& b) const { return b.kv_end - 1 - b.q_begin - options_.query_offset; }
+  int64_t lowest(const AttentionBlock& b) const {
+    return b.kv_begin - (b.q_end - 1) - options_.query_offset;
+  }
+  int64_t highest(const AttentionBlock& b) const {
+    return b.kv_end - 1 - b.q_begin - options_.query_offset;
+  }
 
   float score(float s, int64_t, int64_t h, int64_t q, int64_t kv) const override {
     return s + table_.data<float>()[bucket(kv - q - options_.query_offset) * heads() + h];
@@ -125,7 +130,9 @@ class T5BiasScore : public ScoreMod {
 };
 
 T5Gradients::T5Gradients(const T5BiasScore& mod, int64_t batch, int64_t heads)
-    : mod_(mod), batch_(batch), heads_(heads),
+    : mod_(mod),
+      batch_(batch),
+      heads_(heads),
       sums_(static_cast<size_t>(batch * heads * mod.num_buckets()), 0.0) {}
 
 void T5Gradients::accumulate(const AttentionBlock& b, const float*, const float* grad, int64_t ld) {
@@ -252,7 +259,8 @@ Tensor bhld_f32(const Tensor& t, AttentionLayout layout) {
 // rows [B, H, L, C] x m [C, N] (or m^T) -> [B, H, L, N]
 Tensor rows_times(const Tensor& rows, const Tensor& m, bool transpose_m) {
   const Shape s = rows.shape();
-  const Tensor out = matmul(rows.reshape({s[0] * s[1] * s[2], s[3]}), m, {.transpose_b = transpose_m});
+  const Tensor out =
+      matmul(rows.reshape({s[0] * s[1] * s[2], s[3]}), m, {.transpose_b = transpose_m});
   return out.reshape({s[0], s[1], s[2], out.size(1)});
 }
 
@@ -277,21 +285,21 @@ ShawSetup setup_shaw(const Tensor& q, const Tensor& k, const Tensor& v, const Sh
     if (!t.defined()) return;
     QKV_CHECK(t.dim() == 2 && t.size(0) == buckets && t.size(1) == width && is_floating(t.dtype()),
               op, ": argument ", name, " has shape ", shape_string(t.shape()), " (",
-              dtype_name(t.dtype()), "); expected a float [2 * max_distance + 1, ", width,
-              "] = [", buckets, ", ", width, "]");
+              dtype_name(t.dtype()), "); expected a float [2 * max_distance + 1, ", width, "] = [",
+              buckets, ", ", width, "]");
   };
   check_table(pos.key, "positions.key", plan.d);
   check_table(pos.value, "positions.value", plan.dv);
-  QKV_CHECK(!pos.value.defined() || options.dropout == 0.0, op,
-            ": dropout (", options.dropout, ") is not supported with relative value embeddings");
+  QKV_CHECK(!pos.value.defined() || options.dropout == 0.0, op, ": dropout (", options.dropout,
+            ") is not supported with relative value embeddings");
   ShawSetup s{options, bhld_f32(q, options.layout), plan.scale};
   s.options.return_lse = true;
   s.options.weights_heads.clear();
   if (pos.key.defined()) {
     // scale * q_i . a^K_r for every row and distance: the key term's table.
     Tensor table = scale(rows_times(s.q, pos.key.to(DType::f32), /*transpose_m=*/true), s.scale);
-    ScoreModPtr key = std::make_shared<ClippedRelativeBias>(std::move(table), pos.max_distance,
-                                                            pos.query_offset);
+    ScoreModPtr key =
+        std::make_shared<ClippedRelativeBias>(std::move(table), pos.max_distance, pos.query_offset);
     s.options.score_mod = options.score_mod ? score_chain(key, options.score_mod) : key;
   }
   return s;
@@ -316,7 +324,8 @@ Tensor value_weights(const Tensor& q, const Tensor& k, const Tensor& v, const Sh
     AttentionOptions left = setup.options;
     const MaskModPtr before_band = causal_mask(off - kd);  // kv - q - off <= -k
     left.mask_mod = left.mask_mod ? mask_and(left.mask_mod, before_band) : before_band;
-    const Tensor no_values = Tensor::zeros({1, 1, 1, 1}).expand({plan.batch, plan.kv_heads, plan.lk, 1});
+    const Tensor no_values =
+        Tensor::zeros({1, 1, 1, 1}).expand({plan.batch, plan.kv_heads, plan.lk, 1});
     lse_left = attention(q, k, detail::like_bhld(no_values, setup.options.layout), left).lse;
   }
   const int64_t tiles = (plan.lq + kernels::kAttentionRowTile - 1) / kernels::kAttentionRowTile;
@@ -350,7 +359,8 @@ Tensor value_weights(const Tensor& q, const Tensor& k, const Tensor& v, const Sh
         double left = 0;
         if (lse_left.defined()) {
           const float l = lse_left.data<float>()[bh * plan.lq + i];
-          left = std::isfinite(l) && std::isfinite(lse) ? std::exp(static_cast<double>(l) - lse) : 0.0;
+          left =
+              std::isfinite(l) && std::isfinite(lse) ? std::exp(static_cast<double>(l) - lse) : 0.0;
         } else {
           left = mass - inside;
         }
@@ -404,11 +414,11 @@ ShawGradients shaw_attention_backward(const Tensor& grad_output, const Tensor& q
     // out_i = ... + sum_r W[i, r] a^V_r: d a^V = W^T dO, and dP_ij gains dO_i . a^V_r(i, j).
     g.grad_value = sum_outer(forward.value_weights, dout);
     value_term = std::make_shared<ClippedRelativeBias>(
-        rows_times(dout, positions.value.to(DType::f32), /*transpose_m=*/true), positions.max_distance,
-        positions.query_offset);
+        rows_times(dout, positions.value.to(DType::f32), /*transpose_m=*/true),
+        positions.max_distance, positions.query_offset);
   }
-  g.attention = detail::attention_backward_with(grad_output, q, k, v, forward.attention, setup.options,
-                                                mask_requires_grad, value_term, op);
+  g.attention = detail::attention_backward_with(grad_output, q, k, v, forward.attention,
+                                                setup.options, mask_requires_grad, value_term, op);
   if (positions.key.defined()) {
     // The key term's table T = scale q a^K^T: dq += scale dT a^K, d a^K = scale dT^T q.
     auto& grads = g.attention.grad_score_mod;

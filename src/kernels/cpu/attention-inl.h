@@ -26,8 +26,8 @@
 #include "hwy/highway.h"
 #include "kernels/cpu/attention.h"
 #include "kernels/cpu/bf16_dot.h"
-#include "qkv/dtype.h"
 #include "kernels/cpu/vec-inl.h"
+#include "qkv/dtype.h"
 
 HWY_BEFORE_NAMESPACE();
 namespace qkv::kernels::HWY_NAMESPACE {
@@ -99,7 +99,8 @@ HWY_INLINE void Gemm(const float* a, size_t a_row, size_t a_col, const float* b,
     size_t j = 0;
     for (; j + kTileVecs * lanes <= n; j += kTileVecs * lanes)
       GemmPanel<kTileVecs>(d, ap, a_row, a_col, bp + j, ldb, c + j, ldc, m, chunk, add);
-    for (; j < n; j += lanes) GemmPanel<1>(d, ap, a_row, a_col, bp + j, ldb, c + j, ldc, m, chunk, add);
+    for (; j < n; j += lanes)
+      GemmPanel<1>(d, ap, a_row, a_col, bp + j, ldb, c + j, ldc, m, chunk, add);
     if (k == 0) break;
   }
 }
@@ -110,18 +111,23 @@ HWY_INLINE float LoadElement(const void* row, size_t i, bool bf16) {
               : static_cast<const float*>(row)[i];
 }
 
-HWY_INLINE size_t RoundUp(size_t n, size_t multiple) { return (n + multiple - 1) / multiple * multiple; }
+HWY_INLINE size_t RoundUp(size_t n, size_t multiple) {
+  return (n + multiple - 1) / multiple * multiple;
+}
 
 // A row stride for n (a multiple of 16) floats that is not a multiple of 64:
 // rows a power-of-two apart land in the same cache sets.
-HWY_INLINE size_t PaddedStride(size_t n) { return n % 64 == 0 ? n + 16 : n; }
+HWY_INLINE size_t PaddedStride(size_t n) {
+  return n % 64 == 0 ? n + 16 : n;
+}
 
 // Regions carved from the caller's workspace, each 64-byte aligned.
 class Scratch {
  public:
   explicit Scratch(float* workspace) : cursor_(workspace) {}
   float* take(size_t floats) {
-    float* p = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(cursor_) + 63) & ~uintptr_t{63});
+    float* p =
+        reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(cursor_) + 63) & ~uintptr_t{63});
     cursor_ = p + floats;
     return p;
   }
@@ -219,7 +225,8 @@ HWY_INLINE bool UseBf16Dot(const AttentionSlice& sl) {
 // The k block [j0, j0 + bc) as ScoreBlock reads it: k^T in f32 ([d, ld]), or
 // for the bf16 dot k^T in bf16 pairs ([d / 2, ld] 32-bit words, the
 // bytes of each k row's pairs). Columns [bc, ld) are zero.
-HWY_INLINE void PackKeyBlock(const AttentionSlice& sl, int64_t j0, int64_t bc, float* kt, size_t ld) {
+HWY_INLINE void PackKeyBlock(const AttentionSlice& sl, int64_t j0, int64_t bc, float* kt,
+                             size_t ld) {
   const size_t dim = static_cast<size_t>(sl.d);
   if (!UseBf16Dot(sl)) {
     PackColumns(RowOf(sl.k, j0, sl.k_stride, sl.bf16), sl.k_stride, sl.bf16,
@@ -298,9 +305,8 @@ HWY_INLINE bool ScoreBlock(const AttentionSlice& sl, const float* qs, size_t ldq
     if (raw != nullptr) std::copy(s, s + rows * bcp, raw);
     hooks->modify_scores(sl.batch, sl.head, r0, r0 + rows, j0, j0 + bc, s, bcp);
   }
-  const bool masked =
-      sl.allowed != nullptr || sl.bias != nullptr || sl.key_padding != nullptr ||
-      (sl.causal_diagonal != kNoCausal && j0 + bc - 1 > r0 + sl.causal_diagonal);
+  const bool masked = sl.allowed != nullptr || sl.bias != nullptr || sl.key_padding != nullptr ||
+                      (sl.causal_diagonal != kNoCausal && j0 + bc - 1 > r0 + sl.causal_diagonal);
   if (masked && !ApplyMasks(sl, r0, rows, j0, bc, s, bcp)) return false;
   if (visibility == AttentionHooks::kSome)
     hooks->mask_scores(sl.batch, sl.head, r0, r0 + rows, j0, j0 + bc, s, bcp);
@@ -353,7 +359,7 @@ HWY_INLINE void ForwardTile(const AttentionSlice& sl, int64_t row_begin, int64_t
   const int64_t rows = row_end - row_begin;
   const size_t dim = static_cast<size_t>(sl.d);
   const size_t dvp = RoundUp(static_cast<size_t>(sl.dv), 16);
-  const size_t ldv = PaddedStride(dvp);  // v block and accumulator rows
+  const size_t ldv = PaddedStride(dvp);                         // v block and accumulator rows
   const size_t bcp = static_cast<size_t>(kAttentionKeyStride);  // a multiple of every Lanes
 
   // A few rows (decode) read k and v in place; more rows pack them per block.
@@ -384,8 +390,8 @@ HWY_INLINE void ForwardTile(const AttentionSlice& sl, int64_t row_begin, int64_t
     const size_t n = RoundUp(static_cast<size_t>(bc), lanes);
     if (!direct) {  // pack k^T and v for the block; columns / rows past bc are zero
       PackKeyBlock(sl, j0, bc, kt, bcp);
-      PackRows(RowOf(sl.v, j0, sl.v_stride, sl.bf16), sl.v_stride, sl.bf16,
-               static_cast<size_t>(bc), static_cast<size_t>(sl.dv), 1.0f, vb, ldv, n);
+      PackRows(RowOf(sl.v, j0, sl.v_stride, sl.bf16), sl.v_stride, sl.bf16, static_cast<size_t>(bc),
+               static_cast<size_t>(sl.dv), 1.0f, vb, ldv, n);
     }
     if (!ScoreBlock(sl, qt, dp, direct ? nullptr : kt, row_begin, rows, j0, bc, n, s, nullptr, kt))
       continue;  // whole block hidden
@@ -414,7 +420,8 @@ HWY_INLINE void ForwardTile(const AttentionSlice& sl, int64_t row_begin, int64_t
       if (alpha != 1.0f) {
         float* o = acc + i * ldv;
         const VF va = hn::Set(d, alpha);
-        for (size_t c = 0; c < dvp; c += lanes) hn::Store(hn::Mul(hn::Load(d, o + c), va), d, o + c);
+        for (size_t c = 0; c < dvp; c += lanes)
+          hn::Store(hn::Mul(hn::Load(d, o + c), va), d, o + c);
       }
       // l sums the weights before dropout; only what reaches v is dropped.
       if (sl.dropout > 0.0f) ApplyDropout(sl, row_begin + i, j0, bc, row, row);
@@ -427,8 +434,8 @@ HWY_INLINE void ForwardTile(const AttentionSlice& sl, int64_t row_begin, int64_t
       continue;
     }
     if (direct)  // v was not packed with k above
-      PackRows(RowOf(sl.v, j0, sl.v_stride, sl.bf16), sl.v_stride, sl.bf16,
-               static_cast<size_t>(bc), static_cast<size_t>(sl.dv), 1.0f, vb, ldv, n);
+      PackRows(RowOf(sl.v, j0, sl.v_stride, sl.bf16), sl.v_stride, sl.bf16, static_cast<size_t>(bc),
+               static_cast<size_t>(sl.dv), 1.0f, vb, ldv, n);
     Gemm(s, bcp, 1, vb, ldv, acc, ldv, static_cast<size_t>(rows), dvp, n, /*accumulate=*/true);
   }
 }

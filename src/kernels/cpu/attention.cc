@@ -28,7 +28,8 @@ size_t AttentionWorkspaceFloats(int64_t d, int64_t dv) {
   const int64_t dvp = (dv + 15) / 16 * 16 + 16;  // + the padding of PaddedStride
   const int64_t br = kAttentionRowTile, bc = kAttentionKeyStride;
   const int64_t dp = (d + 15) / 16 * 16;
-  return static_cast<size_t>(br * dp + dp * bc + bc * dvp + br * bc + br * dvp + 2 * br + 128);  // + alignment slack
+  return static_cast<size_t>(br * dp + dp * bc + bc * dvp + br * bc + br * dvp + 2 * br +
+                             128);  // + alignment slack
 }
 
 void FlashAttentionForward(const AttentionSlice& slice, int64_t row_begin, int64_t row_end,
@@ -39,8 +40,8 @@ void FlashAttentionForward(const AttentionSlice& slice, int64_t row_begin, int64
 void FlashAttentionForwardPartial(const AttentionSlice& slice, int64_t row_begin, int64_t row_end,
                                   int64_t key_begin, int64_t key_end, float* workspace,
                                   float* partial) {
-  HWY_DYNAMIC_DISPATCH(FlashAttentionForwardPartialImpl)(slice, row_begin, row_end, key_begin,
-                                                         key_end, workspace, partial);
+  HWY_DYNAMIC_DISPATCH(FlashAttentionForwardPartialImpl)
+  (slice, row_begin, row_end, key_begin, key_end, workspace, partial);
 }
 
 void MergeAttentionPartials(const AttentionSlice& slice, int64_t row_begin, int64_t row_end,
@@ -50,7 +51,8 @@ void MergeAttentionPartials(const AttentionSlice& slice, int64_t row_begin, int6
   const int64_t dv = slice.dv, rows = row_end - row_begin;
   for (int64_t i = 0; i < rows; ++i) {
     float top = -std::numeric_limits<float>::infinity();
-    for (int64_t p = 0; p < parts; ++p) top = std::max(top, partials[p * part_stride + i * (dv + 2)]);
+    for (int64_t p = 0; p < parts; ++p)
+      top = std::max(top, partials[p * part_stride + i * (dv + 2)]);
     float* out = slice.o + (row_begin + i) * slice.o_stride;
     std::fill(out, out + dv, 0.0f);
     double total = 0;
@@ -74,23 +76,23 @@ void MergeAttentionPartials(const AttentionSlice& slice, int64_t row_begin, int6
 void AttentionProbabilities(const AttentionSlice& slice, int64_t row_begin, int64_t row_end,
                             int64_t key_begin, int64_t key_end, float* out, int64_t out_stride,
                             float* workspace) {
-  HWY_DYNAMIC_DISPATCH(AttentionProbabilitiesImpl)(slice, row_begin, row_end, key_begin, key_end,
-                                                   out, out_stride, workspace);
+  HWY_DYNAMIC_DISPATCH(AttentionProbabilitiesImpl)
+  (slice, row_begin, row_end, key_begin, key_end, out, out_stride, workspace);
 }
 
 size_t AttentionBackwardWorkspaceFloats(int64_t d, int64_t dv, int64_t lq, int64_t heads) {
   const int64_t dp = (d + 15) / 16 * 16, dvp = (dv + 15) / 16 * 16;
   const int64_t br = kAttentionRowTile, bc = kAttentionKeyStride;
-  const int64_t blocks = d * bc + bc * dp + dv * bc + br * d + br * dp + br * dvp + 4 * br * bc +
-                         bc * dp + bc * dvp;
+  const int64_t blocks =
+      d * bc + bc * dp + dv * bc + br * d + br * dp + br * dvp + 4 * br * bc + bc * dp + bc * dvp;
   return static_cast<size_t>(blocks + heads * lq * (dp + 1) + 16 * 64);  // + alignment slack
 }
 
 void FlashAttentionBackward(const AttentionGradSlice* heads, int64_t count, float* grad_k,
                             int64_t grad_k_stride, float* grad_v, int64_t grad_v_stride,
                             float* workspace) {
-  HWY_DYNAMIC_DISPATCH(FlashAttentionBackwardImpl)(heads, count, grad_k, grad_k_stride, grad_v,
-                                                   grad_v_stride, workspace);
+  HWY_DYNAMIC_DISPATCH(FlashAttentionBackwardImpl)
+  (heads, count, grad_k, grad_k_stride, grad_v, grad_v_stride, workspace);
 }
 
 }  // namespace qkv::kernels

@@ -72,7 +72,7 @@ struct AttentionSlice {
   int64_t bias_row_stride = 0, bias_col_stride = 0;
   const uint8_t* key_padding = nullptr;  // nonzero = padding, never attended
   int64_t key_padding_stride = 0;
-  int64_t causal_diagonal = kNoCausal;  // query i sees key j only if j <= i + causal_diagonal
+  int64_t causal_diagonal = kNoCausal;    // query i sees key j only if j <= i + causal_diagonal
   const AttentionHooks* hooks = nullptr;  // score / mask modifiers, or null
   int64_t batch = 0, head = 0;            // the slice's coordinates, for the hooks
   float dropout = 0.0f;  // probability of zeroing a weight (kept ones are scaled by 1 / (1 - p))
@@ -84,8 +84,10 @@ struct AttentionSlice {
 // function of (seed, stream, i, j), so the forward, the backward and the
 // oracle draw the same mask without storing it (splitmix64 at the pair's index).
 inline bool DropoutKeep(const AttentionSlice& s, int64_t i, int64_t j) {
-  const uint64_t index = (s.dropout_stream * static_cast<uint64_t>(s.lq) + static_cast<uint64_t>(i)) *
-                             static_cast<uint64_t>(s.lk) + static_cast<uint64_t>(j);
+  const uint64_t index =
+      (s.dropout_stream * static_cast<uint64_t>(s.lq) + static_cast<uint64_t>(i)) *
+          static_cast<uint64_t>(s.lk) +
+      static_cast<uint64_t>(j);
   uint64_t z = s.dropout_seed + (index + 1) * 0x9e3779b97f4a7c15ull;
   z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
   z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
@@ -124,7 +126,7 @@ void AttentionProbabilities(const AttentionSlice& slice, int64_t row_begin, int6
 // The backward of one query head (FlashAttention-2's: recompute the
 // probabilities from the saved log-sum-exp, never store them).
 struct AttentionGradSlice {
-  AttentionSlice forward;  // q, k, v, masks as in the forward; o and lse are read
+  AttentionSlice forward;           // q, k, v, masks as in the forward; o and lse are read
   const float* grad_out = nullptr;  // dO [lq, dv]
   int64_t grad_out_stride = 0;
   float* grad_q = nullptr;  // dQ [lq, d], overwritten

@@ -46,17 +46,17 @@ HWY_NOINLINE void FlashAttentionBackwardImpl(const AttentionGradSlice* heads, in
   const float scale = first.scale;
 
   Scratch scratch(workspace);
-  float* kt = scratch.take(dim * bcp);   // k^T of the block, for S
-  float* kr = scratch.take(bcp * dp);    // k rows of the block, for dQ
-  float* vt = scratch.take(dv * bcp);    // v^T of the block, for dP
-  float* qs = scratch.take(br * dim);    // scale * q of the tile, for S
-  float* qr = scratch.take(br * dp);     // q rows of the tile, for dK
-  float* dor = scratch.take(br * dvp);   // dO rows of the tile
-  float* s = scratch.take(br * bcp);     // S, then P, then dS
-  float* dpm = scratch.take(br * bcp);   // dP
-  float* pd = scratch.take(br * bcp);    // P after dropout (P itself without dropout)
-  float* raw = scratch.take(br * bcp);   // S before the score modifier, when its derivative needs it
-  float* dk = scratch.take(bcp * dp);    // dK of the block (unscaled)
+  float* kt = scratch.take(dim * bcp);  // k^T of the block, for S
+  float* kr = scratch.take(bcp * dp);   // k rows of the block, for dQ
+  float* vt = scratch.take(dv * bcp);   // v^T of the block, for dP
+  float* qs = scratch.take(br * dim);   // scale * q of the tile, for S
+  float* qr = scratch.take(br * dp);    // q rows of the tile, for dK
+  float* dor = scratch.take(br * dvp);  // dO rows of the tile
+  float* s = scratch.take(br * bcp);    // S, then P, then dS
+  float* dpm = scratch.take(br * bcp);  // dP
+  float* pd = scratch.take(br * bcp);   // P after dropout (P itself without dropout)
+  float* raw = scratch.take(br * bcp);  // S before the score modifier, when its derivative needs it
+  float* dk = scratch.take(bcp * dp);   // dK of the block (unscaled)
   float* dvb = scratch.take(bcp * dvp);  // dV of the block
   float* delta = scratch.take(static_cast<size_t>(count * lq));
   float* dq = scratch.take(static_cast<size_t>(count * lq) * dp);  // dQ per head (unscaled)
@@ -98,7 +98,8 @@ HWY_NOINLINE void FlashAttentionBackwardImpl(const AttentionGradSlice* heads, in
         const size_t m = static_cast<size_t>(rows);
         PackRows(RowOf(sl.q, i0, sl.q_stride, bf16), sl.q_stride, bf16, m, dim, scale, qs, dim, m);
         const bool keep_raw = sl.hooks != nullptr && sl.hooks->needs_raw_scores();
-        if (!ScoreBlock(sl, qs, dim, kt, i0, rows, j0, bc, n, s, keep_raw ? raw : nullptr)) continue;
+        if (!ScoreBlock(sl, qs, dim, kt, i0, rows, j0, bc, n, s, keep_raw ? raw : nullptr))
+          continue;
         // P = exp(S - lse): the forward's probabilities, exactly normalised (a
         // fully masked row has lse -inf, P = 0 and so no gradient).
         const bool dropout = sl.dropout > 0.0f;
@@ -117,10 +118,11 @@ HWY_NOINLINE void FlashAttentionBackwardImpl(const AttentionGradSlice* heads, in
           std::copy(grad_row, grad_row + dv, dor + i * dvp);
           std::fill(dor + i * dvp + dv, dor + (i + 1) * dvp, 0.0f);
         }
-        Gemm(pv, 1, bcp, dor, dvp, dvb, dvp, n, dvp, m, /*accumulate=*/true);   // dV += Pd^T dO
+        Gemm(pv, 1, bcp, dor, dvp, dvb, dvp, n, dvp, m, /*accumulate=*/true);  // dV += Pd^T dO
         Gemm(dor, dvp, 1, vt, bcp, dpm, bcp, m, n, dv, /*accumulate=*/false);  // dPd = dO v^T
         if (sl.hooks != nullptr && sl.hooks->has_grad_probability_term())
-          sl.hooks->add_grad_probability_term(sl.batch, sl.head, i0, i0 + rows, j0, j0 + bc, dpm, bcp);
+          sl.hooks->add_grad_probability_term(sl.batch, sl.head, i0, i0 + rows, j0, j0 + bc, dpm,
+                                              bcp);
         // dS = P (dP - delta) with dP = dPd M / (1 - p), i.e. Pd dPd - P delta
         // (M the dropout mask; without dropout Pd = P). In place of P.
         for (int64_t i = 0; i < rows; ++i) {
@@ -140,7 +142,7 @@ HWY_NOINLINE void FlashAttentionBackwardImpl(const AttentionGradSlice* heads, in
           sl.hooks->score_backward(sl.batch, sl.head, i0, i0 + rows, j0, j0 + bc,
                                    keep_raw ? raw : nullptr, s, bcp);
         Gemm(s, bcp, 1, kr, dp, dq + (h * lq + i0) * dp, dp, m, dp, n, true);  // dQ += dS k
-        Gemm(s, 1, bcp, qr, dp, dk, dp, n, dp, m, /*accumulate=*/true);          // dK += dS^T q
+        Gemm(s, 1, bcp, qr, dp, dk, dp, n, dp, m, /*accumulate=*/true);        // dK += dS^T q
       }
     }
     for (int64_t j = 0; j < bc; ++j) {
