@@ -5,6 +5,7 @@
 #include "qkv/dtype.h"
 #include "qkv/embeddings.h"
 #include "qkv/error.h"
+#include "qkv/linear_attention.h"
 #include "qkv/matmul.h"
 #include "qkv/nn.h"
 #include "qkv/ops.h"
