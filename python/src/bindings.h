@@ -41,5 +41,6 @@ void bind_scoring(nb::module_& m);
 void bind_positions(nb::module_& m);
 void bind_modifiers(nb::module_& m);
 void bind_embeddings(nb::module_& m);
+void bind_linear_attention(nb::module_& m);
 
 }  // namespace qkv::python
