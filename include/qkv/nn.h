@@ -7,9 +7,30 @@
 #include <string>
 
 #include "qkv/attention.h"
+#include "qkv/linear_attention.h"
+#include "qkv/positions.h"
 #include "qkv/tensor.h"
 
 namespace qkv::nn {
+
+// Relative positional information inside the attention (SPEC §2). Absolute
+// encodings (sinusoidal, learned) are added to the inputs, outside the layer.
+enum class AttentionPositions {
+  none,
+  alibi,   // the paper's slopes for num_heads
+  t5,      // learned "relative_attention_bias.weight" [num_buckets, num_heads]
+  rotary,  // q and k rotated (RoPE)
+  shaw,    // learned "relative_key" / "relative_value" [2k + 1, head_dim]
+};
+
+// What computes the heads' mixing (SPEC §3). Mask-defined variants (windows,
+// sparse patterns, BigBird, Longformer) stay softmax with a mask_mod.
+enum class AttentionKernel {
+  softmax,    // exact, fused
+  linformer,  // learned "linformer_e" / "linformer_f" projecting max_length -> linformer_k
+  linear,     // elu + 1 feature map (causal by prefix sums)
+  performer,  // FAVOR+ positive orthogonal random features (not learned; redraw_features)
+};
 
 struct MultiHeadAttentionConfig {
   int64_t embed_dim = 0;
@@ -19,6 +40,20 @@ struct MultiHeadAttentionConfig {
   int64_t vdim = 0;  // 0: embed_dim
   bool batch_first = false;
   double dropout = 0.0;  // on the attention weights, in training mode
+
+  // Efficient attention by mask (qkv/sparse_masks.h, qkv/modifiers.h): hidden
+  // pairs never attended, hidden blocks never computed. Softmax kernel only.
+  MaskModPtr mask_mod;
+  AttentionPositions positions = AttentionPositions::none;
+  T5BiasOptions t5;                // positions == t5 (query_offset ignored)
+  int64_t shaw_max_distance = 16;  // positions == shaw: the clipping distance k
+  RotaryOptions rotary;            // positions == rotary (layout and offset ignored)
+  AttentionKernel kernel = AttentionKernel::softmax;
+  int64_t max_length = 0;            // linformer: the key length n its projections take
+  int64_t linformer_k = 256;         // linformer: the projected length
+  bool linformer_per_head = false;   // linformer: [H, k, n] projections instead of shared [k, n]
+  int64_t performer_features = 256;  // performer: random features m
+  uint64_t performer_seed = 0;       // performer: the first draw
 };
 
 struct MultiHeadAttentionInputs {
@@ -39,7 +74,7 @@ struct MultiHeadAttentionOutput {
 };
 
 struct MultiHeadAttentionGradients {
-  Tensor query, key, value;            // gradients of the inputs
+  Tensor query, key, value;                  // gradients of the inputs
   std::map<std::string, Tensor> parameters;  // by parameter name
 };
 
@@ -59,6 +94,9 @@ class MultiHeadAttention {
   // Copies values in; names and shapes must match exactly (strict load).
   void load_state_dict(const std::map<std::string, Tensor>& state);
 
+  // Performer: draws new random features (the paper redraws them during training).
+  void redraw_features(uint64_t seed);
+
   void train(bool on) { training_ = on; }
   bool training() const { return training_; }
 
@@ -69,14 +107,23 @@ class MultiHeadAttention {
  private:
   struct Saved {
     MultiHeadAttentionInputs inputs;
-    Tensor q, k, v;      // projections, [B, L, H, Dh] views
+    Tensor q, k, v;             // projections, [B, L, H, Dh] views
     AttentionResult attention;  // output [B, Lq, H, Dh] and lse
     AttentionOptions options;
+    Tensor value_weights;  // Shaw's value term
   };
+  // The attention of the saved projections, and its backward (dq, dk, dv in
+  // [B, L, H, Dh]; learned position / kernel gradients into `parameters`).
+  void attend(Saved& s, bool need_weights);
+  AttentionGradients attend_backward(const Saved& s, const Tensor& grad_heads,
+                                     std::map<std::string, Tensor>& parameters);
   Tensor weight(const char* name) const { return parameters_.at(name); }
+  void init_variant(Generator& generator);  // position and kernel parameters, checks
+  ShawPositions shaw_positions() const;
   MultiHeadAttentionConfig config_;
   std::map<std::string, Tensor> parameters_;
   Generator dropout_generator_;
+  Tensor performer_projection_;  // [m, head_dim]
   bool training_ = true;
   Saved saved_;
   bool has_saved_ = false;

@@ -1,13 +1,16 @@
 // qkv.MultiheadAttention: torch.nn.MultiheadAttention's interface over qkv::nn.
+#include "qkv/nn.h"
+
 #include <nanobind/stl/map.h>
 #include <nanobind/stl/optional.h>
+#include <nanobind/stl/shared_ptr.h>
 #include <nanobind/stl/string.h>
 
 #include <memory>
 #include <optional>
 
 #include "bindings.h"
-#include "qkv/nn.h"
+#include "qkv/modifiers.h"
 
 namespace qkv::python {
 namespace {
@@ -20,6 +23,29 @@ struct PyMultiheadAttention {
       : generator(seed), module(config, generator) {}
 };
 
+nn::AttentionPositions parse_positions(const std::string& s) {
+  if (s == "none") return nn::AttentionPositions::none;
+  if (s == "alibi") return nn::AttentionPositions::alibi;
+  if (s == "t5") return nn::AttentionPositions::t5;
+  if (s == "rotary") return nn::AttentionPositions::rotary;
+  if (s == "shaw") return nn::AttentionPositions::shaw;
+  throw Error(
+      detail::str("MultiheadAttention: positions must be 'none', 'alibi', 't5', 'rotary' "
+                  "or 'shaw', got '",
+                  s, "'"));
+}
+
+nn::AttentionKernel parse_kernel(const std::string& s) {
+  if (s == "softmax") return nn::AttentionKernel::softmax;
+  if (s == "linformer") return nn::AttentionKernel::linformer;
+  if (s == "linear") return nn::AttentionKernel::linear;
+  if (s == "performer") return nn::AttentionKernel::performer;
+  throw Error(
+      detail::str("MultiheadAttention: kernel must be 'softmax', 'linformer', 'linear' or "
+                  "'performer', got '",
+                  s, "'"));
+}
+
 }  // namespace
 
 void bind_nn(nb::module_& m) {
@@ -30,7 +56,11 @@ void bind_nn(nb::module_& m) {
           "__init__",
           [](PyMultiheadAttention* self, int64_t embed_dim, int64_t num_heads, double dropout,
              bool bias, std::optional<int64_t> kdim, std::optional<int64_t> vdim, bool batch_first,
-             uint64_t seed) {
+             uint64_t seed, std::shared_ptr<MaskMod> mask_mod, const std::string& positions,
+             int64_t t5_num_buckets, int64_t t5_max_distance, bool t5_bidirectional,
+             int64_t shaw_max_distance, double rotary_base, const std::string& kernel,
+             int64_t max_length, int64_t linformer_k, bool linformer_per_head,
+             int64_t performer_features, uint64_t performer_seed) {
             nn::MultiHeadAttentionConfig c{.embed_dim = embed_dim,
                                            .num_heads = num_heads,
                                            .bias = bias,
@@ -38,19 +68,50 @@ void bind_nn(nb::module_& m) {
                                            .vdim = vdim.value_or(0),
                                            .batch_first = batch_first,
                                            .dropout = dropout};
+            c.mask_mod = std::move(mask_mod);
+            c.positions = parse_positions(positions);
+            c.t5 = {.bidirectional = t5_bidirectional,
+                    .num_buckets = t5_num_buckets,
+                    .max_distance = t5_max_distance};
+            c.shaw_max_distance = shaw_max_distance;
+            c.rotary.base = rotary_base;
+            c.kernel = parse_kernel(kernel);
+            c.max_length = max_length;
+            c.linformer_k = linformer_k;
+            c.linformer_per_head = linformer_per_head;
+            c.performer_features = performer_features;
+            c.performer_seed = performer_seed;
             new (self) PyMultiheadAttention(c, seed);
           },
           nb::arg("embed_dim"), nb::arg("num_heads"), nb::arg("dropout") = 0.0,
           nb::arg("bias") = true, nb::arg("kdim") = nb::none(), nb::arg("vdim") = nb::none(),
-          nb::arg("batch_first") = false, nb::arg("seed") = 0)
+          nb::arg("batch_first") = false, nb::arg("seed") = 0,
+          nb::arg("mask_mod").none() = nb::none(), nb::arg("positions") = "none",
+          nb::arg("t5_num_buckets") = 32, nb::arg("t5_max_distance") = 128,
+          nb::arg("t5_bidirectional") = true, nb::arg("shaw_max_distance") = 16,
+          nb::arg("rotary_base") = 10000.0, nb::arg("kernel") = "softmax",
+          nb::arg("max_length") = 0, nb::arg("linformer_k") = 256,
+          nb::arg("linformer_per_head") = false, nb::arg("performer_features") = 256,
+          nb::arg("performer_seed") = 0,
+          "torch.nn.MultiheadAttention's arguments, plus the variants of SPEC §2-3: mask_mod "
+          "(a qkv.MaskMod: sliding window, sparse patterns, BigBird, Longformer, ...); "
+          "positions 'alibi', 't5' (learned relative_attention_bias.weight), 'rotary' or "
+          "'shaw' (learned relative_key / relative_value); kernel 'linformer' (learned "
+          "linformer_e / linformer_f over max_length keys), 'linear' (elu + 1) or 'performer' "
+          "(FAVOR+, redraw_features(seed)).")
       .def("state_dict", [](const PyMultiheadAttention& s) { return s.module.parameters(); })
       .def("load_state_dict",
            [](PyMultiheadAttention& s, const std::map<std::string, Tensor>& state) {
              s.module.load_state_dict(state);
            })
-      .def("train", [](PyMultiheadAttention& s, bool on) { s.module.train(on); },
-           nb::arg("mode") = true)
+      .def(
+          "train", [](PyMultiheadAttention& s, bool on) { s.module.train(on); },
+          nb::arg("mode") = true)
       .def("eval", [](PyMultiheadAttention& s) { s.module.train(false); })
+      .def(
+          "redraw_features",
+          [](PyMultiheadAttention& s, uint64_t seed) { s.module.redraw_features(seed); },
+          nb::arg("seed"), "Performer: draws new random features.")
       .def(
           "forward",
           [](PyMultiheadAttention& s, const Tensor& query, const Tensor& key, const Tensor& value,
@@ -93,7 +154,8 @@ void bind_nn(nb::module_& m) {
             return out;
           },
           nb::arg("grad_output"),
-          "Gradients of the latest forward(): {'query', 'key', 'value', 'parameters': {name: grad}}.");
+          "Gradients of the latest forward(): {'query', 'key', 'value', 'parameters': {name: "
+          "grad}}.");
 }
 
 }  // namespace qkv::python

@@ -294,7 +294,6 @@ ShawSetup setup_shaw(const Tensor& q, const Tensor& k, const Tensor& v, const Sh
             ") is not supported with relative value embeddings");
   ShawSetup s{options, bhld_f32(q, options.layout), plan.scale};
   s.options.return_lse = true;
-  s.options.weights_heads.clear();
   if (pos.key.defined()) {
     // scale * q_i . a^K_r for every row and distance: the key term's table.
     Tensor table = scale(rows_times(s.q, pos.key.to(DType::f32), /*transpose_m=*/true), s.scale);
@@ -322,6 +321,7 @@ Tensor value_weights(const Tensor& q, const Tensor& k, const Tensor& v, const Sh
   Tensor lse_left;
   if (!right_empty) {
     AttentionOptions left = setup.options;
+    left.weights_heads.clear();
     const MaskModPtr before_band = causal_mask(off - kd);  // kv - q - off <= -k
     left.mask_mod = left.mask_mod ? mask_and(left.mask_mod, before_band) : before_band;
     const Tensor no_values =

@@ -4,9 +4,11 @@
 #include <cmath>
 #include <sstream>
 
+#include "qkv/linear_attention.h"
 #include "qkv/matmul.h"
 #include "qkv/nn.h"
 #include "qkv/ops.h"
+#include "qkv/positions.h"
 
 namespace qkv::nn {
 namespace {
@@ -42,7 +44,30 @@ Tensor logical_not(const Tensor& mask) {
 }
 
 // [L0, L1, E] rows as [L0 * L1, E] (a view when contiguous).
-Tensor rows(const Tensor& x) { return x.reshape({-1, x.size(-1)}); }
+Tensor rows(const Tensor& x) {
+  return x.reshape({-1, x.size(-1)});
+}
+
+// [B, L, H, D] <-> [B, H, L, D] (views).
+Tensor swap_heads(const Tensor& t) {
+  return t.permute({0, 2, 1, 3});
+}
+
+const char* kernel_name(AttentionKernel k) {
+  switch (k) {
+    case AttentionKernel::softmax: return "softmax";
+    case AttentionKernel::linformer: return "linformer";
+    case AttentionKernel::linear: return "linear";
+    case AttentionKernel::performer: return "performer";
+  }
+  return "?";
+}
+
+RotaryOptions rotary_for_heads(RotaryOptions r) {
+  r.layout = AttentionLayout::blhd;
+  r.offset = 0;
+  return r;
+}
 
 }  // namespace
 
@@ -51,8 +76,8 @@ MultiHeadAttention::MultiHeadAttention(const MultiHeadAttentionConfig& config, G
   const int64_t e = config.embed_dim, h = config.num_heads;
   QKV_CHECK(e > 0 && h > 0 && e % h == 0, "MultiHeadAttention: embed_dim ", e,
             " must be a positive multiple of num_heads ", h);
-  QKV_CHECK(config.dropout >= 0 && config.dropout < 1, "MultiHeadAttention: dropout must be in [0, 1), got ",
-            config.dropout);
+  QKV_CHECK(config.dropout >= 0 && config.dropout < 1,
+            "MultiHeadAttention: dropout must be in [0, 1), got ", config.dropout);
   if (config_.kdim == 0) config_.kdim = e;
   if (config_.vdim == 0) config_.vdim = e;
   // torch's _reset_parameters: Xavier-uniform projections, zero biases; the
@@ -67,19 +92,176 @@ MultiHeadAttention::MultiHeadAttention(const MultiHeadAttentionConfig& config, G
     parameters_["k_proj_weight"] = xavier({e, config_.kdim});
     parameters_["v_proj_weight"] = xavier({e, config_.vdim});
   }
-  parameters_["out_proj.weight"] = uniform({e, e}, 1.0 / std::sqrt(static_cast<double>(e)), generator);
+  parameters_["out_proj.weight"] =
+      uniform({e, e}, 1.0 / std::sqrt(static_cast<double>(e)), generator);
   if (config.bias) {
     parameters_["in_proj_bias"] = Tensor::zeros({3 * e});
     parameters_["out_proj.bias"] = Tensor::zeros({e});
   }
   dropout_generator_ = Generator(generator.next_u64());
+  init_variant(generator);
+}
+
+void MultiHeadAttention::init_variant(Generator& generator) {
+  const char* op = "MultiHeadAttention";
+  const int64_t e = config_.embed_dim, h = config_.num_heads, dh = e / h;
+  const bool softmax = config_.kernel == AttentionKernel::softmax;
+  QKV_CHECK(softmax || !config_.mask_mod, op, ": a mask_mod needs the softmax kernel, not ",
+            kernel_name(config_.kernel));
+  const AttentionPositions p = config_.positions;
+  QKV_CHECK(softmax || p == AttentionPositions::none || p == AttentionPositions::rotary, op,
+            ": ALiBi, T5 and Shaw positions need the softmax kernel, not ",
+            kernel_name(config_.kernel));
+  // T5 initialises its bucket table N(0, d_model^-1/2) (transformers'
+  // T5PreTrainedModel); Shaw's tables and Linformer's projections likewise
+  // N(0, 1 / fan): neither paper fixes one.
+  if (p == AttentionPositions::t5) {
+    T5BiasOptions t = config_.t5;
+    t.query_offset = 0;
+    t5_relative_bucket(0, t);  // validates the options
+    parameters_["relative_attention_bias.weight"] =
+        scale(randn({t.num_buckets, h}, generator), 1.0 / std::sqrt(static_cast<double>(e)));
+  }
+  if (p == AttentionPositions::shaw) {
+    const int64_t k = config_.shaw_max_distance;
+    QKV_CHECK(k >= 1, op, ": shaw_max_distance must be >= 1, got ", k);
+    QKV_CHECK(config_.vdim == e, op, ": Shaw positions need vdim == embed_dim");
+    const double std = 1.0 / std::sqrt(static_cast<double>(dh));
+    parameters_["relative_key"] = scale(randn({2 * k + 1, dh}, generator), std);
+    parameters_["relative_value"] = scale(randn({2 * k + 1, dh}, generator), std);
+  }
+  if (config_.kernel == AttentionKernel::linformer) {
+    const int64_t n = config_.max_length, k = config_.linformer_k;
+    QKV_CHECK(n > 0 && k > 0, op, ": linformer needs max_length > 0 and linformer_k > 0, got ", n,
+              " and ", k);
+    const Shape shape = config_.linformer_per_head ? Shape{h, k, n} : Shape{k, n};
+    const double std = 1.0 / std::sqrt(static_cast<double>(k));
+    parameters_["linformer_e"] = scale(randn(shape, generator), std);
+    parameters_["linformer_f"] = scale(randn(shape, generator), std);
+  }
+  if (config_.kernel == AttentionKernel::performer) {
+    QKV_CHECK(config_.performer_features > 0, op, ": performer_features must be > 0, got ",
+              config_.performer_features);
+    performer_projection_ =
+        performer_projection(config_.performer_features, dh, config_.performer_seed);
+  }
+}
+
+void MultiHeadAttention::redraw_features(uint64_t seed) {
+  QKV_CHECK(config_.kernel == AttentionKernel::performer,
+            "MultiHeadAttention.redraw_features: the kernel is ", kernel_name(config_.kernel),
+            ", not performer");
+  performer_projection_ =
+      performer_projection(config_.performer_features, config_.embed_dim / config_.num_heads, seed);
+}
+
+void MultiHeadAttention::attend(Saved& s, bool need_weights) {
+  const char* op = "MultiHeadAttention";
+  if (config_.positions == AttentionPositions::rotary) {
+    const RotaryOptions r = rotary_for_heads(config_.rotary);
+    s.q = rotary_embedding(s.q, r);
+    s.k = rotary_embedding(s.k, r);
+  }
+  if (config_.kernel == AttentionKernel::softmax) {
+    s.options.mask_mod = config_.mask_mod;
+    if (config_.positions == AttentionPositions::alibi)
+      s.options.score_mod = alibi_score(alibi_slopes(config_.num_heads));
+    if (config_.positions == AttentionPositions::t5) {
+      T5BiasOptions t = config_.t5;
+      t.query_offset = 0;
+      s.options.score_mod = t5_bias_score(weight("relative_attention_bias.weight"), t);
+    }
+    if (need_weights)
+      for (int64_t i = 0; i < config_.num_heads; ++i) s.options.weights_heads.push_back(i);
+    if (config_.positions == AttentionPositions::shaw) {
+      ShawResult r = shaw_attention(s.q, s.k, s.v, shaw_positions(), s.options);
+      s.attention = std::move(r.attention);
+      s.value_weights = std::move(r.value_weights);
+    } else {
+      s.attention = attention(s.q, s.k, s.v, s.options);
+    }
+    return;
+  }
+  // Kernels without a weight matrix, masks or dropout.
+  const char* name = kernel_name(config_.kernel);
+  QKV_CHECK(!need_weights, op, ": the ", name,
+            " kernel forms no attention weights; pass need_weights = false");
+  QKV_CHECK(!s.options.mask.defined() && !s.options.key_padding_mask.defined(), op, ": the ", name,
+            " kernel takes no attn_mask or key_padding_mask");
+  QKV_CHECK(s.options.dropout == 0.0, op, ": the ", name,
+            " kernel has no attention-weight dropout; set dropout = 0 or call train(false)");
+  const Tensor q = swap_heads(s.q), k = swap_heads(s.k), v = swap_heads(s.v);
+  AttentionResult r;
+  if (config_.kernel == AttentionKernel::linformer) {
+    QKV_CHECK(s.options.causal == Causal::none, op, ": the linformer kernel cannot be causal");
+    r = linformer_attention(q, k, v, weight("linformer_e"), weight("linformer_f"));
+  } else {
+    const LinearAttentionOptions lo{.causal = s.options.causal != Causal::none};
+    r.output = config_.kernel == AttentionKernel::linear
+                   ? linear_attention(q, k, v, lo)
+                   : performer_attention(q, k, v, performer_projection_, lo);
+  }
+  r.output = swap_heads(r.output);  // [B, Lq, H, Dh] like the fused path's
+  s.attention = std::move(r);
+}
+
+AttentionGradients MultiHeadAttention::attend_backward(const Saved& s, const Tensor& grad_heads,
+                                                       std::map<std::string, Tensor>& parameters) {
+  AttentionGradients g;
+  if (config_.kernel == AttentionKernel::softmax) {
+    if (config_.positions == AttentionPositions::shaw) {
+      ShawGradients sg = shaw_attention_backward(grad_heads, s.q, s.k, s.v, shaw_positions(),
+                                                 {s.attention, s.value_weights}, s.options);
+      parameters["relative_key"] = sg.grad_key;
+      parameters["relative_value"] = sg.grad_value;
+      g = std::move(sg.attention);
+    } else {
+      g = attention_backward(grad_heads, s.q, s.k, s.v, s.attention, s.options);
+      if (config_.positions == AttentionPositions::t5)
+        parameters["relative_attention_bias.weight"] = g.grad_score_mod.at(0);
+    }
+  } else {
+    const Tensor q = swap_heads(s.q), k = swap_heads(s.k), v = swap_heads(s.v);
+    const Tensor go = swap_heads(grad_heads);
+    if (config_.kernel == AttentionKernel::linformer) {
+      const AttentionResult forward{swap_heads(s.attention.output), s.attention.lse};
+      const LinformerGradients lg = linformer_attention_backward(go, q, k, v, weight("linformer_e"),
+                                                                 weight("linformer_f"), forward);
+      parameters["linformer_e"] = lg.grad_e;
+      parameters["linformer_f"] = lg.grad_f;
+      g = {lg.grad_q, lg.grad_k, lg.grad_v};
+    } else {
+      const LinearAttentionOptions lo{.causal = s.options.causal != Causal::none};
+      const LinearAttentionGradients lg =
+          config_.kernel == AttentionKernel::linear
+              ? linear_attention_backward(go, q, k, v, lo)
+              : performer_attention_backward(go, q, k, v, performer_projection_, lo);
+      g = {lg.grad_q, lg.grad_k, lg.grad_v};
+    }
+    g.grad_q = swap_heads(g.grad_q);
+    g.grad_k = swap_heads(g.grad_k);
+    g.grad_v = swap_heads(g.grad_v);
+  }
+  if (config_.positions == AttentionPositions::rotary) {
+    const RotaryOptions r = rotary_for_heads(config_.rotary);
+    g.grad_q = rotary_embedding_backward(g.grad_q, r);
+    g.grad_k = rotary_embedding_backward(g.grad_k, r);
+  }
+  return g;
+}
+
+ShawPositions MultiHeadAttention::shaw_positions() const {
+  return {.key = weight("relative_key"),
+          .value = weight("relative_value"),
+          .max_distance = config_.shaw_max_distance};
 }
 
 void MultiHeadAttention::load_state_dict(const std::map<std::string, Tensor>& state) {
   std::ostringstream missing, unexpected, mismatched;
   for (const auto& [name, t] : parameters_) {
     auto it = state.find(name);
-    if (it == state.end()) missing << " " << name;
+    if (it == state.end())
+      missing << " " << name;
     else if (it->second.shape() != t.shape())
       mismatched << " " << name << " (" << shape_string(it->second.shape()) << " vs "
                  << shape_string(t.shape()) << ")";
@@ -95,20 +277,20 @@ void MultiHeadAttention::load_state_dict(const std::map<std::string, Tensor>& st
 MultiHeadAttentionOutput MultiHeadAttention::forward(const MultiHeadAttentionInputs& in) {
   const int64_t e = config_.embed_dim, h = config_.num_heads, dh = e / h;
   const char* op = "MultiHeadAttention";
-  for (const auto& [t, name, dim] : {std::tuple{&in.query, "query", e},
-                                     std::tuple{&in.key, "key", config_.kdim},
-                                     std::tuple{&in.value, "value", config_.vdim}}) {
+  for (const auto& [t, name, dim] :
+       {std::tuple{&in.query, "query", e}, std::tuple{&in.key, "key", config_.kdim},
+        std::tuple{&in.value, "value", config_.vdim}}) {
     QKV_CHECK(t->defined() && t->dim() == 3 && t->size(2) == dim, op, ": argument ", name,
-              " must be 3-D ", config_.batch_first ? "[B, L, " : "[L, B, ", dim,
-              "], got ", t->defined() ? shape_string(t->shape()) : "undefined");
+              " must be 3-D ", config_.batch_first ? "[B, L, " : "[L, B, ", dim, "], got ",
+              t->defined() ? shape_string(t->shape()) : "undefined");
   }
   const int bdim = config_.batch_first ? 0 : 1;
   const int64_t batch = in.query.size(bdim), lq = in.query.size(1 - bdim),
                 lk = in.key.size(1 - bdim);
-  QKV_CHECK(in.key.size(bdim) == batch && in.value.size(bdim) == batch &&
-                in.value.size(1 - bdim) == lk,
-            op, ": query ", shape_string(in.query.shape()), ", key ", shape_string(in.key.shape()),
-            " and value ", shape_string(in.value.shape()), " disagree on batch or length");
+  QKV_CHECK(
+      in.key.size(bdim) == batch && in.value.size(bdim) == batch && in.value.size(1 - bdim) == lk,
+      op, ": query ", shape_string(in.query.shape()), ", key ", shape_string(in.key.shape()),
+      " and value ", shape_string(in.value.shape()), " disagree on batch or length");
 
   const Tensor in_bias = config_.bias ? weight("in_proj_bias") : Tensor();
   auto proj = [&](int which, const Tensor& x, const char* separate) {
@@ -138,12 +320,11 @@ MultiHeadAttentionOutput MultiHeadAttention::forward(const MultiHeadAttentionInp
     s.options.dropout_seed = dropout_generator_.next_u64();
   }
   s.options.return_lse = true;
-  if (in.need_weights)
-    for (int64_t i = 0; i < h; ++i) s.options.weights_heads.push_back(i);
-  s.attention = attention(s.q, s.k, s.v, s.options);
+  attend(s, in.need_weights);
 
   // [B, Lq, H, Dh] -> rows in the query's order -> output projection.
-  const Tensor heads = config_.batch_first ? s.attention.output : s.attention.output.transpose(0, 1);
+  const Tensor heads =
+      config_.batch_first ? s.attention.output : s.attention.output.transpose(0, 1);
   MultiHeadAttentionOutput out;
   out.output = linear(heads.reshape({-1, e}), weight("out_proj.weight"),
                       config_.bias ? weight("out_proj.bias") : Tensor())
@@ -167,7 +348,8 @@ MultiHeadAttentionGradients MultiHeadAttention::backward(const Tensor& grad_outp
   const int64_t e = config_.embed_dim, h = config_.num_heads, dh = e / h;
   MultiHeadAttentionGradients g;
 
-  const Tensor heads = config_.batch_first ? s.attention.output : s.attention.output.transpose(0, 1);
+  const Tensor heads =
+      config_.batch_first ? s.attention.output : s.attention.output.transpose(0, 1);
   const Tensor heads_rows = heads.reshape({-1, e});
   const LinearGrads out = linear_backward(rows(grad_output.to(DType::f32)), heads_rows,
                                           weight("out_proj.weight"), config_.bias);
@@ -178,7 +360,7 @@ MultiHeadAttentionGradients MultiHeadAttention::backward(const Tensor& grad_outp
   const Tensor& q_in = s.inputs.query;
   Tensor grad_heads = out.input.view({q_in.size(0), q_in.size(1), h, dh});
   if (!config_.batch_first) grad_heads = grad_heads.transpose(0, 1);
-  const AttentionGradients ga = attention_backward(grad_heads, s.q, s.k, s.v, s.attention, s.options);
+  const AttentionGradients ga = attend_backward(s, grad_heads, g.parameters);
 
   const bool packed = parameters_.count("in_proj_weight") > 0;
   if (packed) g.parameters["in_proj_weight"] = Tensor::zeros({3 * e, e});

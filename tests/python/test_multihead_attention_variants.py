@@ -1,0 +1,182 @@
+"""qkv.MultiheadAttention configured by variant (SPEC §2-3): masks (sliding window,
+Longformer), positions (ALiBi, T5, rotary, Shaw) and kernels (Linformer, linear,
+Performer), against a float64 PyTorch layer written from the definitions with the
+same weights: outputs, input gradients and every parameter's gradient."""
+import math
+
+import pytest
+import torch
+
+import qkv
+
+F = torch.nn.functional
+E, H, L, BATCH = 32, 4, 37, 2
+DH = E // H
+
+
+def _q(t):
+    return qkv.from_dlpack(t.detach().float().contiguous())
+
+
+def _t(x):
+    return torch.from_dlpack(x).double()
+
+
+def _close(got, want, what, rel=2e-5):
+    scale = max(float(want.abs().max()), 1.0)
+    err = float((got - want).abs().max())
+    assert err <= rel * scale, f"{what}: max error {err:.3e} > {rel:.1e} x {scale:.3e}"
+
+
+def _rope(x, base=10000.0):  # rotate-half on [B, H, L, D]
+    d = x.shape[-1]
+    inv = base ** (-torch.arange(0, d, 2, dtype=torch.float64) / d)
+    freqs = torch.arange(x.shape[-2], dtype=torch.float64)[:, None] * inv[None, :]
+    cos, sin = torch.cat([freqs, freqs], -1).cos(), torch.cat([freqs, freqs], -1).sin()
+    x1, x2 = x[..., : d // 2], x[..., d // 2:]
+    return x * cos + torch.cat([-x2, x1], -1) * sin
+
+
+def _t5_bias(table, bidirectional=True, num_buckets=32, max_distance=128):
+    rel = torch.arange(L)[None, :] - torch.arange(L)[:, None]
+    b = torch.tensor([[qkv.t5_relative_bucket(int(r), bidirectional, num_buckets, max_distance) for r in row]
+                      for row in rel])
+    return table[b].permute(2, 0, 1)  # [H, L, L]
+
+
+def _phi_performer(x, w, per_row):
+    """FAVOR+ features with qkv's stabiliser (a constant to autograd): the largest
+    exponent per query row, or per (batch, head) over every key; it cancels in the
+    ratio except against eps."""
+    xs = x * DH ** -0.25
+    e = xs @ w.T - (xs * xs).sum(-1, keepdim=True) / 2
+    c = e.amax(-1, keepdim=True) if per_row else e.amax((-2, -1), keepdim=True)
+    return torch.exp(e - c.detach()) / math.sqrt(w.shape[0])
+
+
+def _kernelised(fq, fk, v, causal, eps=1e-6):
+    a = fq @ fk.transpose(-1, -2)
+    if causal:
+        a = a.masked_fill(torch.ones(L, L, dtype=torch.bool).triu(1), 0)
+    return (a @ v) / (a.sum(-1, keepdim=True) + eps)
+
+
+def _attend(variant, p, q, k, v, causal):
+    """The heads' mixing of each variant on [B, H, L, Dh] float64 tensors."""
+    scale = 1 / math.sqrt(DH)
+    mask = torch.ones(L, L, dtype=torch.bool).tril() if causal else torch.ones(L, L, dtype=torch.bool)
+    bias = torch.zeros(H, L, L, dtype=torch.float64)
+    if variant == "window":
+        i = torch.arange(L)
+        mask = mask & ((i[None, :] - i[:, None]) >= -3) & ((i[None, :] - i[:, None]) <= 2)
+    if variant == "longformer":
+        i = torch.arange(L)
+        glob = torch.zeros(L, dtype=torch.bool)
+        glob[[0, 20]] = True
+        mask = (((i[None, :] - i[:, None]).abs() <= 4) | glob[:, None] | glob[None, :])
+    if variant == "alibi":
+        slopes = torch.tensor(qkv.alibi_slopes(H), dtype=torch.float64)
+        i = torch.arange(L)
+        bias = -slopes[:, None, None] * (i[:, None] - i[None, :]).abs()
+    if variant == "t5":
+        bias = _t5_bias(p["relative_attention_bias.weight"])
+    if variant == "rotary":
+        q, k = _rope(q), _rope(k)
+    if variant == "shaw":
+        kd = 5
+        idx = (torch.arange(L)[None, :] - torch.arange(L)[:, None]).clamp(-kd, kd) + kd
+        s = (q @ k.transpose(-1, -2) + torch.einsum("bhid,ijd->bhij", q, p["relative_key"][idx])) * scale
+        pr = torch.softmax(s.masked_fill(~mask, float("-inf")), -1)
+        return pr @ v + torch.einsum("bhij,ijd->bhid", pr, p["relative_value"][idx])
+    if variant == "linformer":
+        kp, vp = p["linformer_e"] @ k, p["linformer_f"] @ v
+        return torch.softmax(q @ kp.transpose(-1, -2) * scale, -1) @ vp
+    if variant == "linear":
+        return _kernelised(F.elu(q) + 1, F.elu(k) + 1, v, causal)
+    if variant == "performer":
+        w = p["performer_w"]
+        return _kernelised(_phi_performer(q, w, True), _phi_performer(k, w, False), v, causal)
+    s = q @ k.transpose(-1, -2) * scale + bias
+    return torch.softmax(s.masked_fill(~mask, float("-inf")), -1) @ v
+
+
+def _reference(variant, p, x, causal):
+    q, k, v = (F.linear(x, p["in_proj_weight"][i * E:(i + 1) * E], p["in_proj_bias"][i * E:(i + 1) * E])
+               .view(BATCH, L, H, DH).transpose(1, 2) for i in range(3))
+    heads = _attend(variant, p, q, k, v, causal).transpose(1, 2).reshape(BATCH, L, E)
+    return F.linear(heads, p["out_proj.weight"], p["out_proj.bias"])
+
+
+VARIANTS = {
+    "window": dict(mask_mod=lambda: qkv.sliding_window_mask(3, 2)),
+    "longformer": dict(mask_mod=lambda: qkv.longformer_mask(4, 4, [0, 20])),
+    "alibi": dict(positions="alibi"),
+    "t5": dict(positions="t5"),
+    "rotary": dict(positions="rotary"),
+    "shaw": dict(positions="shaw", shaw_max_distance=5),
+    "linformer": dict(kernel="linformer", max_length=L, linformer_k=16),
+    "linear": dict(kernel="linear"),
+    "performer": dict(kernel="performer", performer_features=64, performer_seed=3),
+}
+NEW_PARAMETERS = {"t5": {"relative_attention_bias.weight": (32, H)},
+                  "shaw": {"relative_key": (11, DH), "relative_value": (11, DH)},
+                  "linformer": {"linformer_e": (16, L), "linformer_f": (16, L)}}
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+@pytest.mark.parametrize("causal", [False, True])
+def test_variant_matches_its_definition(variant, causal):
+    if causal and variant in ("linformer", "longformer"):
+        pytest.skip("Linformer cannot be causal; Longformer here is the bidirectional pattern")
+    kwargs = {n: (f() if callable(f) else f) for n, f in VARIANTS[variant].items()}
+    mha = qkv.MultiheadAttention(E, H, batch_first=True, seed=7, **kwargs)
+    params = {n: _t(t).clone().requires_grad_() for n, t in mha.state_dict().items()}
+    for name, shape in NEW_PARAMETERS.get(variant, {}).items():
+        assert tuple(params[name].shape) == shape, name
+    if variant == "performer":
+        params["performer_w"] = _t(qkv.performer_projection(64, DH, 3))
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(BATCH, L, E, generator=g, dtype=torch.float64).float().double().requires_grad_()
+    ref = _reference(variant, params, x, causal)
+    go = torch.randn(ref.shape, generator=g, dtype=torch.float64)
+    ref.backward(go)
+    xq = _q(x)
+    weights = variant not in ("linformer", "linear", "performer")
+    out, w = mha.forward(xq, xq, xq, need_weights=weights, is_causal=causal,
+                         attn_mask=_q(torch.zeros(L, L).masked_fill(torch.ones(L, L, dtype=torch.bool).triu(1),
+                                                                    float("-inf"))) if causal and weights else None)
+    assert (w is not None) == weights
+    _close(_t(out), ref.detach(), f"{variant} output", rel=2e-5)
+    grads = mha.backward(_q(go))
+    _close(_t(grads["query"]) + _t(grads["key"]) + _t(grads["value"]), x.grad, f"{variant} d input", rel=1e-4)
+    assert sorted(grads["parameters"]) == sorted(mha.state_dict())
+    for name, t in grads["parameters"].items():
+        _close(_t(t), params[name].grad, f"{variant} d {name}", rel=1e-4)
+
+
+def test_performer_features_redraw():
+    mha = qkv.MultiheadAttention(E, H, batch_first=True, kernel="performer", performer_features=32)
+    x = qkv.from_dlpack(torch.randn(1, 9, E))
+    a = _t(mha.forward(x, x, x, need_weights=False)[0])
+    mha.redraw_features(5)
+    b = _t(mha.forward(x, x, x, need_weights=False)[0])
+    mha.redraw_features(0)
+    c = _t(mha.forward(x, x, x, need_weights=False)[0])
+    assert not torch.equal(a, b) and torch.equal(a, c)
+
+
+def test_variant_errors():
+    with pytest.raises(qkv.QkvError, match="positions must be"):
+        qkv.MultiheadAttention(E, H, positions="relative")
+    with pytest.raises(qkv.QkvError, match="kernel must be"):
+        qkv.MultiheadAttention(E, H, kernel="fast")
+    with pytest.raises(qkv.QkvError, match="needs the softmax kernel"):
+        qkv.MultiheadAttention(E, H, kernel="linear", mask_mod=qkv.sliding_window_mask(2, 2))
+    with pytest.raises(qkv.QkvError, match="max_length > 0"):
+        qkv.MultiheadAttention(E, H, kernel="linformer")
+    mha = qkv.MultiheadAttention(E, H, batch_first=True, kernel="linear")
+    x = qkv.zeros([1, 5, E])
+    with pytest.raises(qkv.QkvError, match="forms no attention weights; pass need_weights = false"):
+        mha.forward(x, x, x)
+    with pytest.raises(qkv.QkvError, match="not performer"):
+        mha.redraw_features(1)
