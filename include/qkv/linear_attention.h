@@ -3,8 +3,9 @@
 //
 // q, k, v: [B, H, L, D] (Dv may differ from D), f32 or bf16 (converted to f32);
 // every result is f32. None of these builds an Lq x Lk buffer: Linformer needs
-// O(L k) memory per head, the kernelised forms O(L (m + C) + m Dv) with m
-// features and chunk C.
+// O(L kproj) memory per head; the kernelised forms O(L m + m Dv) without the
+// causal mask and O(L (m + C) + (L / C) m Dv) with it (m features, chunks of
+// C rows, one state per chunk: O(L D) for m ~ D ~ C).
 #pragma once
 
 #include <cstdint>
