@@ -16,10 +16,14 @@ import numpy as _np
 
 from . import _qkv
 from ._qkv import (  # noqa: F401
+    Adam,
+    AdamW,
     LearnedPositionEmbedding,
     MaskMod,
     MultiheadAttention,
+    Optimizer,
     QkvError,
+    SGD,
     ScoreMod,
     SegmentedPositionEncoding,
     Tensor,
@@ -38,6 +42,11 @@ from ._qkv import (  # noqa: F401
     causal_mask,
     custom_mask,
     document_mask,
+    clip_grad_norm,
+    constant_schedule,
+    cosine_schedule_with_warmup,
+    cross_entropy,
+    cross_entropy_backward,
     embedding,
     embedding_backward,
     empty,
@@ -51,9 +60,14 @@ from ._qkv import (  # noqa: F401
     layer_norm,
     linear_attention,
     linear_attention_backward,
+    kl_div,
+    kl_div_backward,
+    kl_div_distillation,
+    kl_div_distillation_backward,
     linformer_attention,
     linformer_attention_backward,
     log_softmax,
+    linear_schedule_with_warmup,
     matmul,
     matmul_primitive_count,
     max,
@@ -65,6 +79,8 @@ from ._qkv import (  # noqa: F401
     ones,
     performer_attention,
     performer_attention_backward,
+    mse_loss,
+    mse_loss_backward,
     performer_projection,
     prefix_lm_mask,
     rand,
@@ -92,6 +108,7 @@ from . import safetensors  # noqa: F401,E402
 DTYPES = ("f32", "bf16", "f16", "i32", "i64", "bool")
 
 _NUMPY_DTYPES = {
+    transformer_schedule,
     "float32": "f32",
     "float16": "f16",
     "int32": "i32",

@@ -29,5 +29,6 @@ NB_MODULE(_qkv, m) {
   qkv::python::bind_scoring(m);
   qkv::python::bind_positions(m);
   qkv::python::bind_embeddings(m);
+  qkv::python::bind_train(m);
   qkv::python::bind_linear_attention(m);
 }
