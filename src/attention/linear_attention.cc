@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "core/parallel.h"
+#include "kernels/cpu/elementwise.h"
 #include "qkv/matmul.h"
 #include "qkv/ops.h"
 
@@ -82,11 +83,18 @@ Tensor heads(const Tensor& t) {
 
 // ----------------------------------------------------------- small kernels
 
-// Row r of a [N, L, X] tensor whose rows are contiguous.
-template <class T>
-T* row(const Tensor& t, int64_t n, int64_t i) {
-  return t.data<T>() + n * t.stride(0) + i * t.stride(1);
-}
+// The rows of a [N, L, X] f32 tensor whose rows are contiguous (a narrowed
+// view of a padded buffer included), with the pointer arithmetic hoisted.
+class Rows {
+ public:
+  explicit Rows(const Tensor& t)
+      : base_(t.data<float>()), n_stride_(t.stride(0)), stride_(t.stride(1)) {}
+  float* operator()(int64_t n, int64_t i) const { return base_ + n * n_stride_ + i * stride_; }
+
+ private:
+  float* base_;
+  int64_t n_stride_, stride_;
+};
 
 // dst += src, both contiguous of one shape.
 void add_into(const Tensor& dst, const Tensor& src) {
@@ -153,22 +161,27 @@ class EluPlusOne final : public FeatureMap {
     Tensor out = Tensor::empty(x.shape());
     const float* in = x.data<float>();
     float* o = out.data<float>();
+    // elu(x) + 1 = exp(min(x, 0)) + max(x, 0): branch-free, through the
+    // vectorised exp.
     detail::parallel_for(0, x.numel(), 1 << 14, [&](int64_t b, int64_t e) {
-      for (int64_t i = b; i < e; ++i) o[i] = in[i] > 0 ? in[i] + 1 : std::exp(in[i]);
+      for (int64_t i = b; i < e; ++i) o[i] = std::min(in[i], 0.0f);
+      kernels::Exp(o + b, o + b, static_cast<size_t>(e - b));
+      for (int64_t i = b; i < e; ++i) o[i] += std::max(in[i], 0.0f);
     });
     return out;
   }
   Tensor backward(const Tensor& x, const Tensor& phi, const Tensor& grad_phi) const override {
     Tensor dx = Tensor::empty(x.shape());
-    const int64_t len = x.size(1);
+    const int64_t len = x.size(1), d = d_;
+    const Rows xs(x), ps(phi), gs(grad_phi), outs(dx);
     detail::parallel_for(0, x.size(0) * len, 64, [&](int64_t b, int64_t e) {
       for (int64_t r = b; r < e; ++r) {
         const int64_t n = r / len, i = r % len;
-        const float* xi = row<float>(x, n, i);
-        const float* p = row<float>(phi, n, i);
-        const float* g = row<float>(grad_phi, n, i);
-        float* out = row<float>(dx, n, i);
-        for (int64_t c = 0; c < d_; ++c) out[c] = g[c] * (xi[c] > 0 ? 1.0f : p[c]);
+        const float* xi = xs(n, i);
+        const float* p = ps(n, i);
+        const float* g = gs(n, i);
+        float* out = outs(n, i);
+        for (int64_t c = 0; c < d; ++c) out[c] = g[c] * (xi[c] > 0 ? 1.0f : p[c]);
       }
     });
     return dx;
@@ -211,7 +224,9 @@ class PositiveRandomFeatures final : public FeatureMap {
         for (int64_t i = 0; i < len; ++i) {
           float* ui = head + i * m_;
           const float c = queries ? *std::max_element(ui, ui + m_) : top;
-          for (int64_t f = 0; f < m_; ++f) ui[f] = std::exp(ui[f] - c) * norm;
+          for (int64_t f = 0; f < m_; ++f) ui[f] -= c;
+          kernels::Exp(ui, ui, static_cast<size_t>(m_));
+          for (int64_t f = 0; f < m_; ++f) ui[f] *= norm;
         }
       }
     });
@@ -224,11 +239,12 @@ class PositiveRandomFeatures final : public FeatureMap {
     const int64_t n = x.size(0), len = x.size(1), d = x.size(2);
     Tensor da = Tensor::empty({n, len, m_});
     Tensor row_sum = Tensor::empty({n, len});
+    const Rows ps(phi), gs(grad_phi);
     detail::parallel_for(0, n * len, 64, [&](int64_t b, int64_t e) {
       for (int64_t r = b; r < e; ++r) {
         const int64_t h = r / len, i = r % len;
-        const float* p = row<float>(phi, h, i);
-        const float* g = row<float>(grad_phi, h, i);
+        const float* p = ps(h, i);
+        const float* g = gs(h, i);
         float* out = da.data<float>() + r * m_;
         double sum = 0;
         for (int64_t f = 0; f < m_; ++f) {
@@ -330,10 +346,10 @@ Chunked kernelised_forward(const Tensor& phi_q, const Tensor& phi_k, const Tenso
 // out_i = num_i / (den_i + eps), as [N, Lq, Dv].
 Tensor kernelised_output(const Chunked& s) {
   Tensor out = Tensor::empty({s.n, s.lq, s.dv});
-  const Tensor num = Chunked::unchunk(s.num, s.lq);
+  const Rows num(Chunked::unchunk(s.num, s.lq));
   detail::parallel_for(0, s.n * s.lq, 256, [&](int64_t b, int64_t e) {
     for (int64_t r = b; r < e; ++r) {
-      const float* in = row<float>(num, r / s.lq, r % s.lq);
+      const float* in = num(r / s.lq, r % s.lq);
       float* o = out.data<float>() + r * s.dv;
       const float inv = 1.0f / (in[s.dv] + s.eps);
       for (int64_t c = 0; c < s.dv; ++c) o[c] = in[c] * inv;
@@ -358,14 +374,13 @@ struct KernelisedGradients {
 KernelisedGradients kernelised_backward(const Chunked& s, const Tensor& grad_out) {
   const int64_t e = s.dv + 1;
   Tensor g1 = Tensor::zeros({s.n, s.chunks, s.rows_q, e});
-  const Tensor num = Chunked::unchunk(s.num, s.lq);
-  const Tensor g1_rows = Chunked::unchunk(g1, s.lq);
+  const Rows num(Chunked::unchunk(s.num, s.lq)), g1_rows(Chunked::unchunk(g1, s.lq));
   detail::parallel_for(0, s.n * s.lq, 256, [&](int64_t b, int64_t end) {
     for (int64_t r = b; r < end; ++r) {
       const int64_t h = r / s.lq, i = r % s.lq;
-      const float* in = row<float>(num, h, i);
+      const float* in = num(h, i);
       const float* g = grad_out.data<float>() + r * s.dv;
-      float* out = row<float>(g1_rows, h, i);
+      float* out = g1_rows(h, i);
       const double inv = 1.0 / (static_cast<double>(in[s.dv]) + s.eps);
       double dot = 0;
       for (int64_t c = 0; c < s.dv; ++c) {
