@@ -40,6 +40,7 @@ void bind_nn(nb::module_& m);
 void bind_scoring(nb::module_& m);
 void bind_positions(nb::module_& m);
 void bind_modifiers(nb::module_& m);
+void bind_sparse_masks(nb::module_& m);
 void bind_train(nb::module_& m);
 void bind_embeddings(nb::module_& m);
 void bind_linear_attention(nb::module_& m);

@@ -23,6 +23,7 @@ NB_MODULE(_qkv, m) {
   qkv::python::bind_ops(m);
   qkv::python::bind_io(m);
   qkv::python::bind_modifiers(m);
+  qkv::python::bind_sparse_masks(m);
   qkv::python::bind_attention(m);
   qkv::python::bind_attention_backward(m);
   qkv::python::bind_nn(m);
