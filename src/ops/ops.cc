@@ -12,29 +12,12 @@
 
 #include "core/parallel.h"
 #include "kernels/cpu/elementwise.h"
+#include "ops/common.h"
 
 namespace qkv {
 namespace {
 
-// Work per parallel chunk, in floats. Forking the OpenMP team costs a few
-// microseconds; 32 Ki floats of the cheapest kernel (add) take about as long
-// on one core, so smaller tensors stay on the calling thread.
-constexpr int64_t kGrainElements = int64_t{1} << 15;
-
-int64_t row_grain(int64_t row_length) {
-  return std::max<int64_t>(1, kGrainElements / std::max<int64_t>(row_length, 1));
-}
-
-void check_input(const Tensor& t, const char* op, const char* arg) {
-  QKV_CHECK(t.defined(), op, ": argument ", arg, " is an undefined tensor");
-  QKV_CHECK(t.device().type == DeviceType::cpu, op, ": argument ", arg, " is on ",
-            to_string(t.device()), "; only cpu tensors are supported");
-  QKV_CHECK(is_floating(t.dtype()), op, ": argument ", arg, " has dtype ", dtype_name(t.dtype()),
-            "; expected a floating dtype (f32, bf16 or f16)");
-}
-
-// A contiguous f32 tensor with x's values: x itself when it already is one.
-Tensor contiguous_f32(const Tensor& x) { return x.to(DType::f32).contiguous(); }
+using namespace ops_detail;
 
 // Where to write an op's f32 result for input `in` (contiguous f32) made
 // from the caller's `x`: in place when `in` is a private copy, else new.
@@ -44,50 +27,6 @@ Tensor output_for(const Tensor& in, const Tensor& x) {
 
 // The f32 result in the caller's dtype, contiguous.
 Tensor finish(const Tensor& result, DType dtype) { return result.to(dtype).contiguous(); }
-
-// dst[b][c][r] = src[b][r][c] for a contiguous src of shape [batch, rows,
-// cols]: moves a dim last and back for the row ops, in square tiles so that
-// both sides are read and written a cache line at a time. (Tensor::contiguous
-// of a permuted view walks it element by element: 5x slower here.)
-void transpose_batched(const float* src, float* dst, int64_t batch, int64_t rows, int64_t cols) {
-  constexpr int64_t kTile = 32;
-  const int64_t row_tiles = (rows + kTile - 1) / kTile, col_tiles = (cols + kTile - 1) / kTile;
-  const int64_t tiles = row_tiles * col_tiles;
-  detail::parallel_for(0, batch * tiles, row_grain(kTile * kTile), [&](int64_t begin, int64_t end) {
-    for (int64_t item = begin; item < end; ++item) {
-      const int64_t b = item / tiles;
-      const int64_t r0 = item % tiles / col_tiles * kTile, c0 = item % col_tiles * kTile;
-      const float* s = src + b * rows * cols;
-      float* d = dst + b * rows * cols;
-      const int64_t r1 = std::min(rows, r0 + kTile), c1 = std::min(cols, c0 + kTile);
-      for (int64_t c = c0; c < c1; ++c)
-        for (int64_t r = r0; r < r1; ++r) d[c * rows + r] = s[r * cols + c];
-    }
-  });
-}
-
-// x as contiguous f32 rows along `dim`: `data` is [outer * inner, n], rows in
-// (outer, inner) order, for x of shape [outer..., n, inner...].
-struct RowsAlong {
-  Tensor data;
-  int64_t outer = 1, n = 1, inner = 1;
-};
-
-RowsAlong rows_along(const Tensor& x, int64_t dim) {
-  RowsAlong r;
-  for (int64_t i = 0; i < x.dim(); ++i) {
-    const int64_t s = x.size(i);
-    (i < dim ? r.outer : i == dim ? r.n : r.inner) *= s;
-  }
-  const Tensor in = contiguous_f32(x);
-  if (r.inner == 1) {
-    r.data = in;
-    return r;
-  }
-  r.data = Tensor::empty({r.outer * r.inner, r.n}, DType::f32);
-  transpose_batched(in.data<float>(), r.data.data<float>(), r.outer, r.n, r.inner);
-  return r;
-}
 
 // ---- element-wise maps ------------------------------------------------------
 
@@ -139,12 +78,13 @@ Layout coalesce(const Shape& shape, const std::array<Shape, 3>& strides) {
   return l;
 }
 
-// `same` runs out = f(a, b) over equal-length runs; `with_scalar` runs
-// out = f(run, value) for an operand broadcast along the run. Both ops here
-// (add, mul) commute, so either operand may be the scalar.
-template <class Same, class WithScalar>
+// `same` runs out = f(a, b) over equal-length runs; `b_scalar` runs
+// out = f(run of a, b) for b broadcast along the run and `a_scalar` runs
+// out = f(a, run of b) for a broadcast along it; both take (run, scalar, out,
+// n). For the ops that commute (add, mul) the last two are the same kernel.
+template <class Same, class BScalar, class AScalar>
 Tensor broadcast_binary(const Tensor& a, const Tensor& b, const char* op, Same same,
-                        WithScalar with_scalar) {
+                        BScalar b_scalar, AScalar a_scalar) {
   check_input(a, op, "a");
   check_input(b, op, "b");
   const Shape shape = broadcast_shapes(a.shape(), b.shape(), op);
@@ -192,9 +132,9 @@ Tensor broadcast_binary(const Tensor& a, const Tensor& b, const char* op, Same s
       if (sa == 1 && sb == 1) {
         same(ra, rb, o, n);
       } else if (sb == 0) {
-        with_scalar(ra, *rb, o, n);
+        b_scalar(ra, *rb, o, n);
       } else {
-        with_scalar(rb, *ra, o, n);
+        a_scalar(rb, *ra, o, n);
       }
     }
   });
@@ -226,23 +166,6 @@ Tensor map_rows(const Tensor& x, int64_t dim, const char* op, Kernel kernel) {
   Tensor back = Tensor::empty(x.shape(), DType::f32);
   transpose_batched(dst, back.data<float>(), rows.outer, rows.inner, n);
   return finish(back, x.dtype());
-}
-
-// The [n] affine parameter of a norm over rows of length n, as contiguous
-// f32, or an undefined tensor when the caller gave none.
-Tensor norm_parameter(const Tensor& p, int64_t n, const char* op, const char* arg) {
-  if (!p.defined()) return p;
-  check_input(p, op, arg);
-  QKV_CHECK(p.shape() == Shape{n}, op, ": argument ", arg, " has shape ", shape_string(p.shape()),
-            "; expected [", n, "] (the size of x's last dim)");
-  return contiguous_f32(p);
-}
-
-void check_norm_input(const Tensor& x, double eps, const char* op) {
-  check_input(x, op, "x");
-  QKV_CHECK(x.dim() >= 1, op, ": argument x is a scalar (shape []); expected at least 1 dim");
-  QKV_CHECK(eps >= 0 && std::isfinite(eps), op, ": eps is ", eps,
-            "; expected a finite value >= 0");
 }
 
 // ---- reductions --------------------------------------------------------------
@@ -310,11 +233,23 @@ Tensor scalar_of(double value, DType dtype) { return Tensor::full({}, value, dty
 // ---- public ops --------------------------------------------------------------
 
 Tensor add(const Tensor& a, const Tensor& b) {
-  return broadcast_binary(a, b, "add", kernels::Add, kernels::AddScalar);
+  return broadcast_binary(a, b, "add", kernels::Add, kernels::AddScalar, kernels::AddScalar);
+}
+
+Tensor sub(const Tensor& a, const Tensor& b) {
+  // run - b is run + (-b): negation is exact, so this is the rounded difference.
+  const auto minus_b = [](const float* x, float value, float* out, size_t n) {
+    kernels::AddScalar(x, -value, out, n);
+  };
+  return broadcast_binary(a, b, "sub", kernels::Sub, minus_b, kernels::ScalarMinus);
 }
 
 Tensor mul(const Tensor& a, const Tensor& b) {
-  return broadcast_binary(a, b, "mul", kernels::Mul, kernels::Scale);
+  return broadcast_binary(a, b, "mul", kernels::Mul, kernels::Scale, kernels::Scale);
+}
+
+Tensor div(const Tensor& a, const Tensor& b) {
+  return broadcast_binary(a, b, "div", kernels::Div, kernels::DivScalar, kernels::ScalarOver);
 }
 
 Tensor scale(const Tensor& x, double factor) {
@@ -324,6 +259,8 @@ Tensor scale(const Tensor& x, double factor) {
 }
 
 Tensor exp(const Tensor& x) { return map_unary(x, "exp", kernels::Exp); }
+
+Tensor relu(const Tensor& x) { return map_unary(x, "relu", kernels::Relu); }
 
 Tensor silu(const Tensor& x) { return map_unary(x, "silu", kernels::Silu); }
 

@@ -48,30 +48,6 @@ HWY_INLINE void MapBinary(const float* a, const float* b, float* out, size_t n, 
               n - i);
 }
 
-// erfc(z) for z = |x| / sqrt 2, as t exp(-z^2 + P(t)), t = 1 / (1 + z/2):
-// the Chebyshev fit of Numerical Recipes (2nd ed., sec. 6.2, erfcc), whose
-// relative error is below 1.2e-7 for every z >= 0, so both tails of Phi keep
-// their relative accuracy. z^2 = x^2 / 2 is formed from x directly; its
-// rounding (relative eps) becomes a relative error of about eps * z^2 in the
-// result, which only matters where erfc is already below 1e-6.
-HWY_INLINE VF ErfcOfAbsXOverSqrt2(DF d, VF x) {
-  const VF ax = hn::Abs(x);
-  const VF z = hn::Mul(ax, hn::Set(d, 0.70710678118654752f));
-  const VF t = hn::Div(hn::Set(d, 1.0f), hn::MulAdd(z, hn::Set(d, 0.5f), hn::Set(d, 1.0f)));
-  VF p = hn::Set(d, 0.17087277f);
-  p = hn::MulAdd(p, t, hn::Set(d, -0.82215223f));
-  p = hn::MulAdd(p, t, hn::Set(d, 1.48851587f));
-  p = hn::MulAdd(p, t, hn::Set(d, -1.13520398f));
-  p = hn::MulAdd(p, t, hn::Set(d, 0.27886807f));
-  p = hn::MulAdd(p, t, hn::Set(d, -0.18628806f));
-  p = hn::MulAdd(p, t, hn::Set(d, 0.09678418f));
-  p = hn::MulAdd(p, t, hn::Set(d, 0.37409196f));
-  p = hn::MulAdd(p, t, hn::Set(d, 1.00002368f));
-  p = hn::MulAdd(p, t, hn::Set(d, -1.26551223f));
-  const VF arg = hn::NegMulAdd(hn::Mul(ax, hn::Set(d, 0.5f)), ax, p);  // p - x^2/2
-  return hn::Mul(t, ExpF(d, arg));
-}
-
 struct GeluErfOp {
   HWY_INLINE VF operator()(DF d, VF x) const {
     // Phi(x) = erfc(-x / sqrt 2) / 2: erfc(|x|/sqrt 2)/2 for x < 0, one minus it above.
@@ -104,8 +80,16 @@ HWY_NOINLINE void AddImpl(const float* a, const float* b, float* out, size_t n) 
   MapBinary(a, b, out, n, [](DF, VF u, VF v) HWY_ATTR { return hn::Add(u, v); });
 }
 
+HWY_NOINLINE void SubImpl(const float* a, const float* b, float* out, size_t n) {
+  MapBinary(a, b, out, n, [](DF, VF u, VF v) HWY_ATTR { return hn::Sub(u, v); });
+}
+
 HWY_NOINLINE void MulImpl(const float* a, const float* b, float* out, size_t n) {
   MapBinary(a, b, out, n, [](DF, VF u, VF v) HWY_ATTR { return hn::Mul(u, v); });
+}
+
+HWY_NOINLINE void DivImpl(const float* a, const float* b, float* out, size_t n) {
+  MapBinary(a, b, out, n, [](DF, VF u, VF v) HWY_ATTR { return hn::Div(u, v); });
 }
 
 HWY_NOINLINE void AddScalarImpl(const float* x, float addend, float* out, size_t n) {
@@ -114,6 +98,24 @@ HWY_NOINLINE void AddScalarImpl(const float* x, float addend, float* out, size_t
 
 HWY_NOINLINE void ScaleImpl(const float* x, float factor, float* out, size_t n) {
   MapUnary(x, out, n, [factor](DF d, VF v) HWY_ATTR { return hn::Mul(v, hn::Set(d, factor)); });
+}
+
+HWY_NOINLINE void DivScalarImpl(const float* x, float divisor, float* out, size_t n) {
+  MapUnary(x, out, n, [divisor](DF d, VF v) HWY_ATTR { return hn::Div(v, hn::Set(d, divisor)); });
+}
+
+HWY_NOINLINE void ScalarMinusImpl(const float* x, float value, float* out, size_t n) {
+  MapUnary(x, out, n, [value](DF d, VF v) HWY_ATTR { return hn::Sub(hn::Set(d, value), v); });
+}
+
+HWY_NOINLINE void ScalarOverImpl(const float* x, float value, float* out, size_t n) {
+  MapUnary(x, out, n, [value](DF d, VF v) HWY_ATTR { return hn::Div(hn::Set(d, value), v); });
+}
+
+HWY_NOINLINE void ReluImpl(const float* x, float* out, size_t n) {
+  // x < 0 is false for NaN, which therefore passes through (hn::Max would drop it).
+  MapUnary(x, out, n,
+           [](DF d, VF v) HWY_ATTR { return hn::IfThenZeroElse(hn::Lt(v, hn::Zero(d)), v); });
 }
 
 HWY_NOINLINE void ExpImpl(const float* x, float* out, size_t n) {

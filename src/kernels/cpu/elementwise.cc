@@ -16,9 +16,15 @@
 namespace qkv::kernels {
 
 HWY_EXPORT(AddImpl);
+HWY_EXPORT(SubImpl);
 HWY_EXPORT(MulImpl);
+HWY_EXPORT(DivImpl);
 HWY_EXPORT(AddScalarImpl);
 HWY_EXPORT(ScaleImpl);
+HWY_EXPORT(DivScalarImpl);
+HWY_EXPORT(ScalarMinusImpl);
+HWY_EXPORT(ScalarOverImpl);
+HWY_EXPORT(ReluImpl);
 HWY_EXPORT(ExpImpl);
 HWY_EXPORT(SiluImpl);
 HWY_EXPORT(GeluErfImpl);
@@ -36,8 +42,14 @@ HWY_EXPORT(DispatchedTargetImpl);
 void Add(const float* a, const float* b, float* out, size_t n) {
   HWY_DYNAMIC_DISPATCH(AddImpl)(a, b, out, n);
 }
+void Sub(const float* a, const float* b, float* out, size_t n) {
+  HWY_DYNAMIC_DISPATCH(SubImpl)(a, b, out, n);
+}
 void Mul(const float* a, const float* b, float* out, size_t n) {
   HWY_DYNAMIC_DISPATCH(MulImpl)(a, b, out, n);
+}
+void Div(const float* a, const float* b, float* out, size_t n) {
+  HWY_DYNAMIC_DISPATCH(DivImpl)(a, b, out, n);
 }
 void AddScalar(const float* x, float addend, float* out, size_t n) {
   HWY_DYNAMIC_DISPATCH(AddScalarImpl)(x, addend, out, n);
@@ -45,6 +57,16 @@ void AddScalar(const float* x, float addend, float* out, size_t n) {
 void Scale(const float* x, float factor, float* out, size_t n) {
   HWY_DYNAMIC_DISPATCH(ScaleImpl)(x, factor, out, n);
 }
+void DivScalar(const float* x, float divisor, float* out, size_t n) {
+  HWY_DYNAMIC_DISPATCH(DivScalarImpl)(x, divisor, out, n);
+}
+void ScalarMinus(const float* x, float value, float* out, size_t n) {
+  HWY_DYNAMIC_DISPATCH(ScalarMinusImpl)(x, value, out, n);
+}
+void ScalarOver(const float* x, float value, float* out, size_t n) {
+  HWY_DYNAMIC_DISPATCH(ScalarOverImpl)(x, value, out, n);
+}
+void Relu(const float* x, float* out, size_t n) { HWY_DYNAMIC_DISPATCH(ReluImpl)(x, out, n); }
 void Exp(const float* x, float* out, size_t n) { HWY_DYNAMIC_DISPATCH(ExpImpl)(x, out, n); }
 void Silu(const float* x, float* out, size_t n) { HWY_DYNAMIC_DISPATCH(SiluImpl)(x, out, n); }
 void GeluErf(const float* x, float* out, size_t n) {

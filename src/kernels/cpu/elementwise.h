@@ -13,12 +13,22 @@
 
 namespace qkv::kernels {
 
-// out[i] = a[i] + b[i], a[i] * b[i]; exact f32 rounding of each operation.
+// out[i] = a[i] + b[i], a[i] - b[i], a[i] * b[i], a[i] / b[i]; exact f32
+// rounding of each operation.
 void Add(const float* a, const float* b, float* out, size_t n);
+void Sub(const float* a, const float* b, float* out, size_t n);
 void Mul(const float* a, const float* b, float* out, size_t n);
-// out[i] = x[i] + addend, x[i] * factor (broadcast of a scalar along a run).
+void Div(const float* a, const float* b, float* out, size_t n);
+// out[i] = x[i] + addend, x[i] * factor, x[i] / divisor (a scalar broadcast
+// along a run on the right), value - x[i], value / x[i] (on the left).
 void AddScalar(const float* x, float addend, float* out, size_t n);
 void Scale(const float* x, float factor, float* out, size_t n);
+void DivScalar(const float* x, float divisor, float* out, size_t n);
+void ScalarMinus(const float* x, float value, float* out, size_t n);
+void ScalarOver(const float* x, float value, float* out, size_t n);
+
+// max(x, 0); NaN stays NaN (as torch.relu).
+void Relu(const float* x, float* out, size_t n);
 
 // Within about 2 ulp; exp(+-inf) = inf / 0, NaN stays NaN.
 void Exp(const float* x, float* out, size_t n);

@@ -39,6 +39,32 @@ void Mul(const float* a, const float* b, float* out, size_t n) {
   for (size_t i = 0; i < n; ++i) out[i] = static_cast<float>(double{a[i]} * double{b[i]});
 }
 
+void Sub(const float* a, const float* b, float* out, size_t n) {
+  for (size_t i = 0; i < n; ++i) out[i] = static_cast<float>(double{a[i]} - double{b[i]});
+}
+
+// A double quotient of two floats rounded to f32 is the correctly rounded f32
+// quotient (double has more than 2 * 24 + 2 bits), so Div must match exactly too.
+void Div(const float* a, const float* b, float* out, size_t n) {
+  for (size_t i = 0; i < n; ++i) out[i] = static_cast<float>(double{a[i]} / double{b[i]});
+}
+
+void DivScalar(const float* x, float divisor, float* out, size_t n) {
+  Map(x, out, n, [divisor](double v) { return v / divisor; });
+}
+
+void ScalarMinus(const float* x, float value, float* out, size_t n) {
+  Map(x, out, n, [value](double v) { return value - v; });
+}
+
+void ScalarOver(const float* x, float value, float* out, size_t n) {
+  Map(x, out, n, [value](double v) { return value / v; });
+}
+
+void Relu(const float* x, float* out, size_t n) {
+  Map(x, out, n, [](double v) { return v < 0 ? 0.0 : v; });
+}
+
 void AddScalar(const float* x, float addend, float* out, size_t n) {
   Map(x, out, n, [addend](double v) { return v + addend; });
 }

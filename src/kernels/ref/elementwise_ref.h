@@ -9,9 +9,16 @@
 namespace qkv::kernels::ref {
 
 void Add(const float* a, const float* b, float* out, size_t n);
+void Sub(const float* a, const float* b, float* out, size_t n);
 void Mul(const float* a, const float* b, float* out, size_t n);
+void Div(const float* a, const float* b, float* out, size_t n);
 void AddScalar(const float* x, float addend, float* out, size_t n);
 void Scale(const float* x, float factor, float* out, size_t n);
+void DivScalar(const float* x, float divisor, float* out, size_t n);
+void ScalarMinus(const float* x, float value, float* out, size_t n);
+void ScalarOver(const float* x, float value, float* out, size_t n);
+
+void Relu(const float* x, float* out, size_t n);
 
 void Exp(const float* x, float* out, size_t n);
 void Silu(const float* x, float* out, size_t n);
