@@ -2,10 +2,14 @@
 // NumPy arrays and torch tensors convert to qkv Tensors without a copy.
 #include <nanobind/stl/optional.h>
 #include <nanobind/stl/string.h>
+#include <nanobind/stl/tuple.h>
+#include <nanobind/stl/vector.h>
 
 #include <limits>
 #include <optional>
 #include <string>
+#include <tuple>
+#include <vector>
 
 #include "bindings.h"
 #include "qkv/error.h"
@@ -32,13 +36,26 @@ Tensor reduce(const Tensor& x, std::optional<int64_t> dim, bool keepdim) {
   return out;
 }
 
+std::optional<Tensor> optional(const Tensor& t) {
+  return t.defined() ? std::optional<Tensor>(t) : std::nullopt;
+}
+
+// A norm's gradients as (dx, dweight, dbias), None for the parameters it had not.
+std::tuple<Tensor, std::optional<Tensor>, std::optional<Tensor>> norm_tuple(
+    const NormGradients& g) {
+  return {g.input, optional(g.weight), optional(g.bias)};
+}
+
 }  // namespace
 
 void bind_ops(nb::module_& m) {
   m.def("add", &qkv::add, nb::arg("a"), nb::arg("b"), Release(), "a + b, broadcasting.");
   m.def("mul", &qkv::mul, nb::arg("a"), nb::arg("b"), Release(), "a * b, broadcasting.");
+  m.def("sub", &qkv::sub, nb::arg("a"), nb::arg("b"), Release(), "a - b, broadcasting.");
+  m.def("div", &qkv::div, nb::arg("a"), nb::arg("b"), Release(), "a / b, broadcasting.");
   m.def("scale", &qkv::scale, nb::arg("x"), nb::arg("factor"), Release(), "x * factor.");
   m.def("exp", &qkv::exp, nb::arg("x"), Release());
+  m.def("relu", &qkv::relu, nb::arg("x"), Release(), "max(x, 0); NaN stays NaN.");
   m.def("silu", &qkv::silu, nb::arg("x"), Release());
   m.def(
       "gelu",
@@ -71,6 +88,62 @@ void bind_ops(nb::module_& m) {
         nb::arg("keepdim") = false, Release());
   m.def("max", &reduce<&qkv::max, &qkv::max>, nb::arg("x"), nb::arg("dim") = nb::none(),
         nb::arg("keepdim") = false, Release(), "The maximum values (no indices).");
+
+  // ---- backward (f32 results) ----
+  m.def("relu_backward", &qkv::relu_backward, nb::arg("grad"), nb::arg("x"), Release(),
+        "grad where x > 0, else 0.");
+  m.def("silu_backward", &qkv::silu_backward, nb::arg("grad"), nb::arg("x"), Release());
+  m.def(
+      "gelu_backward",
+      [](const Tensor& grad, const Tensor& x, const std::string& approximate) {
+        return qkv::gelu_backward(grad, x, parse_gelu(approximate));
+      },
+      nb::arg("grad"), nb::arg("x"), nb::arg("approximate") = "none", Release());
+  m.def("softmax_backward", &qkv::softmax_backward, nb::arg("grad"), nb::arg("y"),
+        nb::arg("dim") = -1, Release(), "y is softmax's output: y * (grad - sum(grad * y)).");
+  m.def("log_softmax_backward", &qkv::log_softmax_backward, nb::arg("grad"), nb::arg("y"),
+        nb::arg("dim") = -1, Release(), "y is log_softmax's output: grad - exp(y) * sum(grad).");
+  m.def(
+      "layer_norm_backward",
+      [](const Tensor& grad, const Tensor& x, std::optional<Tensor> weight,
+         std::optional<Tensor> bias, double eps) {
+        return norm_tuple(qkv::layer_norm_backward(grad, x, weight.value_or(Tensor()),
+                                                   bias.value_or(Tensor()), eps));
+      },
+      nb::arg("grad"), nb::arg("x"), nb::arg("weight") = nb::none(), nb::arg("bias") = nb::none(),
+      nb::arg("eps") = 1e-5, Release(),
+      "(dx, dweight, dbias) of layer_norm; None for a parameter not given.");
+  m.def(
+      "rms_norm_backward",
+      [](const Tensor& grad, const Tensor& x, std::optional<Tensor> weight, double eps) {
+        const NormGradients g = qkv::rms_norm_backward(grad, x, weight.value_or(Tensor()), eps);
+        return std::make_tuple(g.input, optional(g.weight));
+      },
+      nb::arg("grad"), nb::arg("x"), nb::arg("weight") = nb::none(),
+      nb::arg("eps") = static_cast<double>(std::numeric_limits<float>::epsilon()), Release(),
+      "(dx, dweight) of rms_norm; None for dweight without a weight.");
+  m.def(
+      "sum_to_shape",
+      [](const Tensor& grad, const std::vector<int64_t>& shape) {
+        return qkv::sum_to_shape(grad, shape);
+      },
+      nb::arg("grad"), nb::arg("shape"), Release(),
+      "grad summed over the dims that broadcasting added to an operand of `shape`.");
+  m.def(
+      "dropout",
+      [](const Tensor& x, double p, uint64_t seed) {
+        Generator generator(seed);
+        DropoutResult r = qkv::dropout(x, p, generator);
+        return std::make_tuple(r.output, optional(r.mask));
+      },
+      nb::arg("x"), nb::arg("p"), nb::arg("seed"), Release(),
+      "(output, mask): inverted dropout with a Generator(seed); mask is None for p == 0.");
+  m.def(
+      "dropout_backward",
+      [](const Tensor& grad, std::optional<Tensor> mask, double p) {
+        return qkv::dropout_backward(grad, mask.value_or(Tensor()), p);
+      },
+      nb::arg("grad"), nb::arg("mask"), nb::arg("p"), Release(), "grad * mask / (1 - p).");
 
   m.def(
       "matmul",
