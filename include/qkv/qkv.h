@@ -2,12 +2,14 @@
 #pragma once
 
 #include "qkv/attention.h"
+#include "qkv/autograd.h"
 #include "qkv/dtype.h"
 #include "qkv/embeddings.h"
 #include "qkv/error.h"
 #include "qkv/linear_attention.h"
 #include "qkv/losses.h"
 #include "qkv/matmul.h"
+#include "qkv/module.h"
 #include "qkv/nn.h"
 #include "qkv/optim.h"
 #include "qkv/ops.h"

@@ -44,5 +44,6 @@ void bind_sparse_masks(nb::module_& m);
 void bind_train(nb::module_& m);
 void bind_embeddings(nb::module_& m);
 void bind_linear_attention(nb::module_& m);
+void bind_autograd(nb::module_& m);
 
 }  // namespace qkv::python

@@ -29,7 +29,8 @@ NB_MODULE(_qkv, m) {
   qkv::python::bind_nn(m);
   qkv::python::bind_scoring(m);
   qkv::python::bind_positions(m);
-  qkv::python::bind_embeddings(m);
   qkv::python::bind_train(m);
+  qkv::python::bind_embeddings(m);
   qkv::python::bind_linear_attention(m);
+  qkv::python::bind_autograd(m);
 }

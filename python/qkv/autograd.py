@@ -1,0 +1,54 @@
+"""qkv.autograd: reverse-mode automatic differentiation over qkv tensors.
+
+    w = qkv.autograd.Variable(qkv.randn([4, 3]), requires_grad=True)
+    loss = qkv.autograd.mean(qkv.autograd.matmul(qkv.autograd.Variable(x), w))
+    loss.backward()          # w.grad holds d loss / d w (f32)
+
+Ops record onto the tape when an input requires a gradient; ``no_grad()``
+turns recording off in its block (per thread).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+from ._qkv.autograd import (  # noqa: F401
+    Variable,
+    add,
+    attention,
+    cross_entropy,
+    embedding,
+    gelu,
+    grad_enabled,
+    layer_norm,
+    linear,
+    log_softmax,
+    matmul,
+    mean,
+    mse_loss,
+    mul,
+    narrow,
+    permute,
+    relu,
+    reshape,
+    rms_norm,
+    scale,
+    select,
+    set_grad_enabled,
+    silu,
+    softmax,
+    sub,
+    sum,
+    transpose,
+)
+
+
+@contextlib.contextmanager
+def no_grad():
+    """Ops inside the block record nothing (inference, optimizer updates)."""
+    previous = grad_enabled()
+    set_grad_enabled(False)
+    try:
+        yield
+    finally:
+        set_grad_enabled(previous)

@@ -1,0 +1,290 @@
+// Ops on Variables: each forward beside its backward. A backward captures
+// only the tensors its formula reads.
+#include <numeric>
+#include <utility>
+#include <vector>
+
+#include "qkv/autograd.h"
+
+namespace qkv::autograd {
+namespace {
+
+// The value of an optional operand (undefined stays undefined).
+Tensor value_of(const Variable& v) {
+  return v.defined() ? v.value() : Tensor();
+}
+
+bool needs_grad(const Variable& v) {
+  return v.defined() && v.requires_grad();
+}
+
+}  // namespace
+
+// ---- element-wise ----------------------------------------------------------
+
+Variable add(const Variable& a, const Variable& b) {
+  return record("add", qkv::add(a.value(), b.value()), {a, b},
+                [sa = a.shape(), sb = b.shape()](const Tensor& g) {
+                  return std::vector<Tensor>{sum_to_shape(g, sa), sum_to_shape(g, sb)};
+                });
+}
+
+Variable sub(const Variable& a, const Variable& b) {
+  return record(
+      "sub", qkv::sub(a.value(), b.value()), {a, b},
+      [sa = a.shape(), sb = b.shape()](const Tensor& g) {
+        return std::vector<Tensor>{sum_to_shape(g, sa), sum_to_shape(qkv::scale(g, -1.0), sb)};
+      });
+}
+
+Variable mul(const Variable& a, const Variable& b) {
+  const Tensor av = a.value(), bv = b.value();
+  // d a = g b, d b = g a: each side keeps the other operand, if it is needed.
+  return record("mul", qkv::mul(av, bv), {a, b},
+                [a_saved = needs_grad(b) ? av : Tensor(), b_saved = needs_grad(a) ? bv : Tensor(),
+                 sa = a.shape(), sb = b.shape()](const Tensor& g) {
+                  return std::vector<Tensor>{
+                      b_saved.defined() ? sum_to_shape(qkv::mul(g, b_saved), sa) : Tensor(),
+                      a_saved.defined() ? sum_to_shape(qkv::mul(g, a_saved), sb) : Tensor()};
+                });
+}
+
+Variable scale(const Variable& x, double factor) {
+  return record("scale", qkv::scale(x.value(), factor), {x},
+                [factor](const Tensor& g) { return std::vector<Tensor>{qkv::scale(g, factor)}; });
+}
+
+// ---- products --------------------------------------------------------------
+
+Variable matmul(const Variable& a, const Variable& b, const MatmulOptions& options) {
+  const Tensor av = a.value(), bv = b.value();
+  const bool ta = options.transpose_a, tb = options.transpose_b;
+  // With A = op(a), B = op(b): dA = g B^T, dB = A^T g; da = dA (or dA^T), summed
+  // over batch dims a broadcast over.
+  return record("matmul", qkv::matmul(av, bv, options), {a, b},
+                [av = needs_grad(b) ? av : Tensor(), bv = needs_grad(a) ? bv : Tensor(), ta, tb,
+                 sa = a.shape(), sb = b.shape()](const Tensor& g) {
+                  Tensor da, db;
+                  if (bv.defined()) {
+                    const Tensor d = qkv::matmul(g, bv, {.transpose_b = !tb});
+                    da = sum_to_shape(ta ? d.transpose(-1, -2) : d, sa);
+                  }
+                  if (av.defined()) {
+                    const Tensor d = qkv::matmul(av, g, {.transpose_a = !ta});
+                    db = sum_to_shape(tb ? d.transpose(-1, -2) : d, sb);
+                  }
+                  return std::vector<Tensor>{da, db};
+                });
+}
+
+Variable linear(const Variable& x, const Variable& weight, const Variable& bias) {
+  const Tensor xv = x.value(), wv = weight.value();
+  QKV_CHECK(xv.dim() >= 1 && wv.dim() == 2 && xv.size(-1) == wv.size(1), "linear: input ",
+            shape_string(xv.shape()), " and weight ", shape_string(wv.shape()),
+            " do not fit (weight is [out, in])");
+  const int64_t in = wv.size(1), out = wv.size(0);  // weight: [out, in]
+  Shape out_shape = xv.shape();
+  out_shape.back() = out;
+  const Tensor rows = xv.reshape({-1, in});
+  Tensor y = qkv::matmul(rows, wv, {.transpose_b = true});
+  if (bias.defined()) y = qkv::add(y, bias.value());
+  const bool wants_w = needs_grad(weight), wants_b = needs_grad(bias);
+  return record("linear", y.view(out_shape), {x, weight, bias},
+                [rows = wants_w ? rows : Tensor(), wv = needs_grad(x) ? wv : Tensor(), wants_b,
+                 xs = xv.shape(), out](const Tensor& g) {
+                  const Tensor g_rows = g.reshape({-1, out});
+                  Tensor dx, dw, db;
+                  if (wv.defined()) dx = qkv::matmul(g_rows, wv).view(xs);
+                  if (rows.defined()) dw = qkv::matmul(g_rows, rows, {.transpose_a = true});
+                  if (wants_b) db = qkv::sum(g_rows, 0);
+                  return std::vector<Tensor>{dx, dw, db};
+                });
+}
+
+// ---- activations and normalisation ---------------------------------------
+
+Variable relu(const Variable& x) {
+  return record("relu", qkv::relu(x.value()), {x}, [xv = x.value()](const Tensor& g) {
+    return std::vector<Tensor>{relu_backward(g, xv)};
+  });
+}
+
+Variable gelu(const Variable& x, GeluApproximation approximation) {
+  return record("gelu", qkv::gelu(x.value(), approximation), {x},
+                [xv = x.value(), approximation](const Tensor& g) {
+                  return std::vector<Tensor>{gelu_backward(g, xv, approximation)};
+                });
+}
+
+Variable silu(const Variable& x) {
+  return record("silu", qkv::silu(x.value()), {x}, [xv = x.value()](const Tensor& g) {
+    return std::vector<Tensor>{silu_backward(g, xv)};
+  });
+}
+
+Variable softmax(const Variable& x, int64_t dim) {
+  const Tensor y = qkv::softmax(x.value(), dim);
+  return record("softmax", y, {x}, [y, dim](const Tensor& g) {
+    return std::vector<Tensor>{softmax_backward(g, y, dim)};
+  });
+}
+
+Variable log_softmax(const Variable& x, int64_t dim) {
+  const Tensor y = qkv::log_softmax(x.value(), dim);
+  return record("log_softmax", y, {x}, [y, dim](const Tensor& g) {
+    return std::vector<Tensor>{log_softmax_backward(g, y, dim)};
+  });
+}
+
+Variable layer_norm(const Variable& x, const Variable& weight, const Variable& bias, double eps) {
+  const Tensor xv = x.value(), wv = value_of(weight), bv = value_of(bias);
+  return record("layer_norm", qkv::layer_norm(xv, wv, bv, eps), {x, weight, bias},
+                [xv, wv, bv, eps](const Tensor& g) {
+                  NormGradients n = layer_norm_backward(g, xv, wv, bv, eps);
+                  return std::vector<Tensor>{n.input, n.weight, n.bias};
+                });
+}
+
+Variable rms_norm(const Variable& x, const Variable& weight, double eps) {
+  const Tensor xv = x.value(), wv = value_of(weight);
+  return record("rms_norm", qkv::rms_norm(xv, wv, eps), {x, weight},
+                [xv, wv, eps](const Tensor& g) {
+                  NormGradients n = rms_norm_backward(g, xv, wv, eps);
+                  return std::vector<Tensor>{n.input, n.weight};
+                });
+}
+
+Variable dropout(const Variable& x, double p, Generator& generator, bool training) {
+  if (!training || p == 0.0) return x;
+  DropoutResult r = qkv::dropout(x.value(), p, generator);
+  return record("dropout", r.output, {x}, [mask = r.mask, p](const Tensor& g) {
+    return std::vector<Tensor>{dropout_backward(g, mask, p)};
+  });
+}
+
+Variable embedding(const Variable& weight, const Tensor& ids, int64_t padding_idx) {
+  const int64_t n = weight.size(0);
+  return record("embedding", qkv::embedding(weight.value(), ids), {weight},
+                [ids, n, padding_idx](const Tensor& g) {
+                  return std::vector<Tensor>{embedding_backward(g, ids, n, padding_idx)};
+                });
+}
+
+// ---- shapes and reductions -------------------------------------------------
+
+Variable reshape(const Variable& x, const Shape& shape) {
+  return record("reshape", x.value().reshape(shape), {x},
+                [s = x.shape()](const Tensor& g) { return std::vector<Tensor>{g.reshape(s)}; });
+}
+
+Variable permute(const Variable& x, const Shape& dims) {
+  Shape inverse(dims.size());
+  for (size_t i = 0; i < dims.size(); ++i)
+    inverse[static_cast<size_t>(wrap_dim(dims[i], x.dim(), "permute"))] = static_cast<int64_t>(i);
+  return record("permute", x.value().permute(dims), {x},
+                [inverse](const Tensor& g) { return std::vector<Tensor>{g.permute(inverse)}; });
+}
+
+Variable transpose(const Variable& x, int64_t dim0, int64_t dim1) {
+  return record("transpose", x.value().transpose(dim0, dim1), {x}, [dim0, dim1](const Tensor& g) {
+    return std::vector<Tensor>{g.transpose(dim0, dim1)};
+  });
+}
+
+// The gradient of a slice: zeros, with g in the slice's place.
+Variable narrow(const Variable& x, int64_t dim, int64_t start, int64_t length) {
+  return record("narrow", x.value().narrow(dim, start, length), {x},
+                [s = x.shape(), dim, start, length](const Tensor& g) {
+                  Tensor full = Tensor::zeros(s);
+                  full.narrow(dim, start, length).copy_(g);
+                  return std::vector<Tensor>{full};
+                });
+}
+
+Variable select(const Variable& x, int64_t dim, int64_t index) {
+  return record("select", x.value().select(dim, index), {x},
+                [s = x.shape(), dim, index](const Tensor& g) {
+                  Tensor full = Tensor::zeros(s);
+                  full.select(dim, index).copy_(g);
+                  return std::vector<Tensor>{full};
+                });
+}
+
+Variable sum(const Variable& x) {
+  return record("sum", qkv::sum(x.value()), {x}, [s = x.shape()](const Tensor& g) {
+    return std::vector<Tensor>{g.reshape({}).expand(s)};
+  });
+}
+
+Variable mean(const Variable& x) {
+  const double n = static_cast<double>(x.value().numel());
+  return record("mean", qkv::mean(x.value()), {x}, [s = x.shape(), n](const Tensor& g) {
+    return std::vector<Tensor>{qkv::scale(g.reshape({}), 1.0 / n).expand(s)};
+  });
+}
+
+Variable sum(const Variable& x, int64_t dim, bool keepdim) {
+  const int64_t d = wrap_dim(dim, x.dim(), "sum");
+  return record("sum", qkv::sum(x.value(), d, keepdim), {x},
+                [s = x.shape(), d, keepdim](const Tensor& g) {
+                  return std::vector<Tensor>{(keepdim ? g : g.unsqueeze(d)).expand(s)};
+                });
+}
+
+Variable mean(const Variable& x, int64_t dim, bool keepdim) {
+  const int64_t d = wrap_dim(dim, x.dim(), "mean");
+  const double n = static_cast<double>(x.size(d));
+  return record(
+      "mean", qkv::mean(x.value(), d, keepdim), {x},
+      [s = x.shape(), d, keepdim, n](const Tensor& g) {
+        return std::vector<Tensor>{qkv::scale(keepdim ? g : g.unsqueeze(d), 1.0 / n).expand(s)};
+      });
+}
+
+// ---- attention and losses ----------------------------------------------------
+
+Variable attention(const Variable& q, const Variable& k, const Variable& v,
+                   const AttentionOptions& options) {
+  AttentionOptions o = options;
+  o.return_lse = true;
+  o.weights_heads.clear();
+  AttentionResult r = qkv::attention(q.value(), k.value(), v.value(), o);
+  const Tensor out = r.output;
+  return record(
+      "attention", out, {q, k, v},
+      [qv = q.value(), kv = k.value(), vv = v.value(), saved = std::move(r), o](const Tensor& g) {
+        AttentionGradients a = attention_backward(g, qv, kv, vv, saved, o);
+        return std::vector<Tensor>{a.grad_q, a.grad_k, a.grad_v};
+      });
+}
+
+Variable cross_entropy(const Variable& logits, const Tensor& targets,
+                       const CrossEntropyOptions& options) {
+  const Tensor lv = logits.value();
+  return record("cross_entropy", qkv::cross_entropy(lv, targets, options), {logits},
+                [lv, targets, options](const Tensor& g) {
+                  return std::vector<Tensor>{cross_entropy_backward(g, lv, targets, options)};
+                });
+}
+
+Variable mse_loss(const Variable& input, const Variable& target, Reduction reduction) {
+  const Tensor iv = input.value(), tv = target.value();
+  return record("mse_loss", qkv::mse_loss(iv, tv, reduction), {input, target},
+                [iv, tv, reduction](const Tensor& g) {
+                  const Tensor d = mse_loss_backward(g, iv, tv, reduction);
+                  return std::vector<Tensor>{d, qkv::scale(d, -1.0)};
+                });
+}
+
+Variable kl_div_distillation(const Variable& student_logits, const Tensor& teacher_logits,
+                             double temperature, Reduction reduction) {
+  const Tensor sv = student_logits.value();
+  return record("kl_div_distillation",
+                qkv::kl_div_distillation(sv, teacher_logits, temperature, reduction),
+                {student_logits}, [sv, teacher_logits, temperature, reduction](const Tensor& g) {
+                  return std::vector<Tensor>{
+                      kl_div_distillation_backward(g, sv, teacher_logits, temperature, reduction)};
+                });
+}
+
+}  // namespace qkv::autograd
