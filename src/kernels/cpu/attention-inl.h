@@ -270,6 +270,14 @@ HWY_INLINE void DirectScores(const AttentionSlice& sl, const float* qs, size_t l
   }
 }
 
+// Whether the mask modifier hides every pair of the block: checked before a
+// block's keys or queries are packed, so hidden blocks cost O(1), not O(D).
+HWY_INLINE bool BlockHidden(const AttentionSlice& sl, int64_t r0, int64_t rows, int64_t j0,
+                            int64_t bc) {
+  return sl.hooks != nullptr &&
+         sl.hooks->visibility(sl.batch, sl.head, r0, r0 + rows, j0, j0 + bc) == AttentionHooks::kNone;
+}
+
 // S = (scale q) k^T for query rows [r0, r0 + rows) against keys [j0, j0 + bc)
 // (qs: the scaled q tile, kt: the packed k^T block, n = bc rounded to whole
 // vectors), modified and masked. False when every entry is hidden: the block
@@ -388,6 +396,7 @@ HWY_INLINE void ForwardTile(const AttentionSlice& sl, int64_t row_begin, int64_t
   for (int64_t j0 = key_begin; j0 < key_end; j0 += kAttentionKeyBlock) {
     const int64_t bc = std::min<int64_t>(kAttentionKeyBlock, key_end - j0);
     const size_t n = RoundUp(static_cast<size_t>(bc), lanes);
+    if (BlockHidden(sl, row_begin, rows, j0, bc)) continue;
     if (!direct) {  // pack k^T and v for the block; columns / rows past bc are zero
       PackKeyBlock(sl, j0, bc, kt, bcp);
       PackRows(RowOf(sl.v, j0, sl.v_stride, sl.bf16), sl.v_stride, sl.bf16, static_cast<size_t>(bc),
@@ -491,6 +500,7 @@ HWY_NOINLINE void AttentionProbabilitiesImpl(const AttentionSlice& sl, int64_t r
   for (int64_t j0 = key_begin; j0 < visible_end; j0 += kAttentionKeyBlock) {
     const int64_t bc = std::min<int64_t>(kAttentionKeyBlock, visible_end - j0);
     const size_t n = RoundUp(static_cast<size_t>(bc), hn::Lanes(d));
+    if (BlockHidden(sl, row_begin, rows, j0, bc)) continue;
     PackKeyBlock(sl, j0, bc, kt, bcp);
     if (!ScoreBlock(sl, qt, dim, kt, row_begin, rows, j0, bc, n, s)) continue;
     for (int64_t i = 0; i < rows; ++i) {

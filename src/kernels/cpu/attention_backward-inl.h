@@ -95,6 +95,7 @@ HWY_NOINLINE void FlashAttentionBackwardImpl(const AttentionGradSlice* heads, in
                   kAttentionRowTile;
       for (int64_t i0 = i_begin; i0 < lq; i0 += kAttentionRowTile) {
         const int64_t rows = std::min<int64_t>(kAttentionRowTile, lq - i0);
+        if (BlockHidden(sl, i0, rows, j0, bc)) continue;
         const size_t m = static_cast<size_t>(rows);
         PackRows(RowOf(sl.q, i0, sl.q_stride, bf16), sl.q_stride, bf16, m, dim, scale, qs, dim, m);
         const bool keep_raw = sl.hooks != nullptr && sl.hooks->needs_raw_scores();
