@@ -109,3 +109,21 @@ def _restore_threads():
     before = qkv.num_threads()
     yield
     qkv.set_num_threads(before)
+
+
+def f32(t: torch.Tensor) -> qkv.Tensor:
+    """A contiguous qkv f32 tensor holding a torch tensor's values rounded to f32."""
+    return qkv.from_dlpack(t.detach().float().contiguous())
+
+
+def f64(x: qkv.Tensor) -> torch.Tensor:
+    """A qkv tensor's values as a float64 torch tensor."""
+    return torch.from_dlpack(x).double()
+
+
+def assert_close_scaled(got: torch.Tensor, want: torch.Tensor, what: str, rel: float = 2e-5):
+    """|got - want| <= rel * max(max |want|, 1): f32 kernels against a float64
+    reference on O(1) inputs, where a vanishing reference is held to that scale."""
+    scale = max(float(want.abs().max()), 1.0) if want.numel() else 1.0
+    err = float((got - want).abs().max()) if want.numel() else 0.0
+    assert err <= rel * scale, f"{what}: max error {err:.3e} > {rel:.1e} x {scale:.3e}"

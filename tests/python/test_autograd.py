@@ -1,35 +1,24 @@
 """qkv.autograd against torch.autograd in float64: the same composite graphs (a
 Transformer block's ops, losses, shared inputs), every leaf's gradient; plus the
 tape's rules (accumulation, no_grad, detach, retain_graph)."""
-import math
 
 import pytest
 import torch
 
 import qkv
+from conftest import assert_close_scaled, f32, f64
 from qkv import autograd as ag
 
 F = torch.nn.functional
 
 
-def _q(t):
-    return qkv.from_dlpack(t.detach().float().contiguous())
 
-
-def _t(x):
-    return torch.from_dlpack(x).double()
-
-
-def _close(got, want, what, rel=2e-5):
-    scale = max(float(want.abs().max()), 1.0)
-    err = float((got - want).abs().max())
-    assert err <= rel * scale, f"{what}: max error {err:.3e} > {rel:.1e} x {scale:.3e}"
 
 
 def _leaves(g, **shapes):
     torch_leaves = {n: torch.randn(s, generator=g, dtype=torch.float64).float().double().requires_grad_()
                     for n, s in shapes.items()}
-    qkv_leaves = {n: ag.Variable(_q(t), requires_grad=True) for n, t in torch_leaves.items()}
+    qkv_leaves = {n: ag.Variable(f32(t), requires_grad=True) for n, t in torch_leaves.items()}
     return torch_leaves, qkv_leaves
 
 
@@ -69,7 +58,7 @@ def test_transformer_block_gradients_match_torch(causal):
     assert abs(loss.value.item() - ref.item()) <= 1e-5 * max(1.0, abs(ref.item()))
     loss.backward()
     for name in T:
-        _close(_t(Q[name].grad), T[name].grad, f"d {name}")
+        assert_close_scaled(f64(Q[name].grad), T[name].grad, f"d {name}")
 
 
 def test_losses_softmax_rmsnorm_and_reductions_match_torch():
@@ -85,7 +74,7 @@ def test_losses_softmax_rmsnorm_and_reductions_match_torch():
                          ag.mean(ag.sum(ag.relu(ag.sub(Q["y"], Q["x"])), 1, keepdim=True))))
     loss.backward()
     for name in T:
-        _close(_t(Q[name].grad), T[name].grad, f"d {name}")
+        assert_close_scaled(f64(Q[name].grad), T[name].grad, f"d {name}")
 
 
 def test_embedding_and_broadcasting():
@@ -98,7 +87,7 @@ def test_embedding_and_broadcasting():
     out = ag.mul(e, Q["gate"])
     ag.sum(ag.mul(out, out)).backward()
     for name in T:
-        _close(_t(Q[name].grad), T[name].grad, f"d {name}")
+        assert_close_scaled(f64(Q[name].grad), T[name].grad, f"d {name}")
 
 
 def test_tape_rules():
@@ -106,7 +95,7 @@ def test_tape_rules():
     y = ag.sum(x * x)
     y.backward(retain_graph=True)
     y.backward()
-    assert torch.equal(_t(x.grad), torch.tensor([4.0, 8.0, 12.0], dtype=torch.float64))
+    assert torch.equal(f64(x.grad), torch.tensor([4.0, 8.0, 12.0], dtype=torch.float64))
     with pytest.raises(qkv.QkvError, match="retain_graph"):
         y.backward()
     with ag.no_grad():

@@ -8,24 +8,14 @@ import pytest
 import torch
 
 import qkv
+from conftest import assert_close_scaled, f32, f64
 
 F = torch.nn.functional
 E, H, L, BATCH = 32, 4, 37, 2
 DH = E // H
 
 
-def _q(t):
-    return qkv.from_dlpack(t.detach().float().contiguous())
 
-
-def _t(x):
-    return torch.from_dlpack(x).double()
-
-
-def _close(got, want, what, rel=2e-5):
-    scale = max(float(want.abs().max()), 1.0)
-    err = float((got - want).abs().max())
-    assert err <= rel * scale, f"{what}: max error {err:.3e} > {rel:.1e} x {scale:.3e}"
 
 
 def _rope(x, base=10000.0):  # rotate-half on [B, H, L, D]
@@ -130,38 +120,38 @@ def test_variant_matches_its_definition(variant, causal):
         pytest.skip("Linformer cannot be causal; Longformer here is the bidirectional pattern")
     kwargs = {n: (f() if callable(f) else f) for n, f in VARIANTS[variant].items()}
     mha = qkv.MultiheadAttention(E, H, batch_first=True, seed=7, **kwargs)
-    params = {n: _t(t).clone().requires_grad_() for n, t in mha.state_dict().items()}
+    params = {n: f64(t).clone().requires_grad_() for n, t in mha.state_dict().items()}
     for name, shape in NEW_PARAMETERS.get(variant, {}).items():
         assert tuple(params[name].shape) == shape, name
     if variant == "performer":
-        params["performer_w"] = _t(qkv.performer_projection(64, DH, 3))
+        params["performer_w"] = f64(qkv.performer_projection(64, DH, 3))
     g = torch.Generator().manual_seed(11)
     x = torch.randn(BATCH, L, E, generator=g, dtype=torch.float64).float().double().requires_grad_()
     ref = _reference(variant, params, x, causal)
     go = torch.randn(ref.shape, generator=g, dtype=torch.float64)
     ref.backward(go)
-    xq = _q(x)
+    xq = f32(x)
     weights = variant not in ("linformer", "linear", "performer")
     out, w = mha.forward(xq, xq, xq, need_weights=weights, is_causal=causal,
-                         attn_mask=_q(torch.zeros(L, L).masked_fill(torch.ones(L, L, dtype=torch.bool).triu(1),
+                         attn_mask=f32(torch.zeros(L, L).masked_fill(torch.ones(L, L, dtype=torch.bool).triu(1),
                                                                     float("-inf"))) if causal and weights else None)
     assert (w is not None) == weights
-    _close(_t(out), ref.detach(), f"{variant} output", rel=2e-5)
-    grads = mha.backward(_q(go))
-    _close(_t(grads["query"]) + _t(grads["key"]) + _t(grads["value"]), x.grad, f"{variant} d input", rel=1e-4)
+    assert_close_scaled(f64(out), ref.detach(), f"{variant} output", rel=2e-5)
+    grads = mha.backward(f32(go))
+    assert_close_scaled(f64(grads["query"]) + f64(grads["key"]) + f64(grads["value"]), x.grad, f"{variant} d input", rel=1e-4)
     assert sorted(grads["parameters"]) == sorted(mha.state_dict())
     for name, t in grads["parameters"].items():
-        _close(_t(t), params[name].grad, f"{variant} d {name}", rel=1e-4)
+        assert_close_scaled(f64(t), params[name].grad, f"{variant} d {name}", rel=1e-4)
 
 
 def test_performer_features_redraw():
     mha = qkv.MultiheadAttention(E, H, batch_first=True, kernel="performer", performer_features=32)
     x = qkv.from_dlpack(torch.randn(1, 9, E))
-    a = _t(mha.forward(x, x, x, need_weights=False)[0])
+    a = f64(mha.forward(x, x, x, need_weights=False)[0])
     mha.redraw_features(5)
-    b = _t(mha.forward(x, x, x, need_weights=False)[0])
+    b = f64(mha.forward(x, x, x, need_weights=False)[0])
     mha.redraw_features(0)
-    c = _t(mha.forward(x, x, x, need_weights=False)[0])
+    c = f64(mha.forward(x, x, x, need_weights=False)[0])
     assert not torch.equal(a, b) and torch.equal(a, c)
 
 

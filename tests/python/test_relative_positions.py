@@ -9,19 +9,14 @@ import pytest
 import torch
 
 import qkv
+from conftest import assert_close_scaled, f32, f64
 
 F = torch.nn.functional
 
 
-def _q(t):
-    return qkv.from_dlpack(t.detach().float().contiguous())
 
 
-def _t(x):
-    return torch.from_dlpack(x).double()
-
-
-def _close(got, want, what, rel=2e-6):
+def assert_close_scaled(got, want, what, rel=2e-6):
     """|got - want| <= rel * max(max|want|, 1) (f32 kernels against a float64
     reference; inputs here are O(1), so a vanishing reference is held to that scale)."""
     scale = max(float(want.abs().max()), 1.0) if want.numel() else 1.0
@@ -100,17 +95,17 @@ def test_t5_bias_inside_the_kernel_equals_a_dense_bias(bidirectional, causal, lq
     ref = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=1.0)  # T5 does not scale
     go = torch.randn(ref.shape, dtype=torch.float64, generator=g)
     ref.backward(go)
-    mod = qkv.t5_bias_score(_q(table), bidirectional=bidirectional, num_buckets=nb, max_distance=md,
+    mod = qkv.t5_bias_score(f32(table), bidirectional=bidirectional, num_buckets=nb, max_distance=md,
                             query_offset=offset)
-    out, lse = qkv.attention(_q(q), _q(k), _q(v), scale=1.0, causal=causal, score_mod=mod, return_lse=True)
-    _close(_t(out), ref.detach(), "output")
+    out, lse = qkv.attention(f32(q), f32(k), f32(v), scale=1.0, causal=causal, score_mod=mod, return_lse=True)
+    assert_close_scaled(f64(out), ref.detach(), "output")
     for reference in (False, True):
-        grads = qkv.attention_backward(_q(go), _q(q), _q(k), _q(v), output=out, lse=lse, scale=1.0,
+        grads = qkv.attention_backward(f32(go), f32(q), f32(k), f32(v), output=out, lse=lse, scale=1.0,
                                        causal=causal, score_mod=mod, reference=reference)
         for name, t in (("q", q), ("k", k), ("v", v)):
-            _close(_t(grads[name]), t.grad, f"d{name} (reference={reference})", rel=1e-5)
+            assert_close_scaled(f64(grads[name]), t.grad, f"d{name} (reference={reference})", rel=1e-5)
         assert len(grads["score_mod"]) == 1
-        _close(_t(grads["score_mod"][0]), table.grad, f"d table (reference={reference})", rel=1e-5)
+        assert_close_scaled(f64(grads["score_mod"][0]), table.grad, f"d table (reference={reference})", rel=1e-5)
 
 
 def test_t5_bias_chained_with_softcap_gets_gradients_through_the_cap():
@@ -122,13 +117,13 @@ def test_t5_bias_chained_with_softcap_gets_gradients_through_the_cap():
     ref = torch.softmax(cap * torch.tanh(s / cap), -1) @ v
     go = torch.randn(ref.shape, dtype=torch.float64, generator=g)
     ref.backward(go)
-    mod = qkv.score_chain(qkv.t5_bias_score(_q(table), num_buckets=nb, max_distance=md), qkv.softcap_score(cap))
-    out, lse = qkv.attention(_q(q), _q(k), _q(v), score_mod=mod, return_lse=True)
-    _close(_t(out), ref.detach(), "output")
-    grads = qkv.attention_backward(_q(go), _q(q), _q(k), _q(v), output=out, lse=lse, score_mod=mod)
+    mod = qkv.score_chain(qkv.t5_bias_score(f32(table), num_buckets=nb, max_distance=md), qkv.softcap_score(cap))
+    out, lse = qkv.attention(f32(q), f32(k), f32(v), score_mod=mod, return_lse=True)
+    assert_close_scaled(f64(out), ref.detach(), "output")
+    grads = qkv.attention_backward(f32(go), f32(q), f32(k), f32(v), output=out, lse=lse, score_mod=mod)
     for name, t in (("q", q), ("k", k), ("v", v)):
-        _close(_t(grads[name]), t.grad, f"d{name}", rel=1e-5)
-    _close(_t(grads["score_mod"][0]), table.grad, "d table", rel=1e-5)
+        assert_close_scaled(f64(grads[name]), t.grad, f"d{name}", rel=1e-5)
+    assert_close_scaled(f64(grads["score_mod"][0]), table.grad, "d table", rel=1e-5)
 
 
 def test_t5_bias_errors():
@@ -185,29 +180,29 @@ def test_shaw_matches_the_paper_forward_and_backward(lq, lk, kd, offset, causal,
     ref.backward(go)
 
     def lay(t):  # [B, H, L, D] -> the tested layout
-        return _q(t if layout == "bhld" else t.transpose(1, 2))
+        return f32(t if layout == "bhld" else t.transpose(1, 2))
 
     def unlay(x):
-        t = _t(x)
+        t = f64(x)
         return t if layout == "bhld" else t.transpose(1, 2)
 
-    kw = dict(key=_q(ak) if ak_used is not None else None, value=_q(av) if av_used is not None else None,
+    kw = dict(key=f32(ak) if ak_used is not None else None, value=f32(av) if av_used is not None else None,
               max_distance=kd, query_offset=offset, causal=causal, layout=layout)
     r = qkv.shaw_attention(lay(q), lay(k), lay(v), **kw)
-    _close(unlay(r["output"]), ref.detach(), "output")
+    assert_close_scaled(unlay(r["output"]), ref.detach(), "output")
     grads = qkv.shaw_attention_backward(lay(go), lay(q), lay(k), lay(v), r["output"], r["lse"],
                                         r["value_weights"], **kw)
     for name, t in (("q", q), ("k", k), ("v", v)):
-        _close(unlay(grads[name]), t.grad, f"d{name}", rel=1e-5)
+        assert_close_scaled(unlay(grads[name]), t.grad, f"d{name}", rel=1e-5)
     if ak_used is not None:
-        _close(_t(grads["key"]), ak.grad, "d a^K", rel=1e-5)
+        assert_close_scaled(f64(grads["key"]), ak.grad, "d a^K", rel=1e-5)
     else:
         assert grads["key"] is None
     if av_used is not None:
-        _close(_t(grads["value"]), av.grad, "d a^V", rel=1e-5)
+        assert_close_scaled(f64(grads["value"]), av.grad, "d a^V", rel=1e-5)
         # The per-distance mass of each row sums to 1.
-        mass = _t(r["value_weights"]).sum(-1)
-        _close(mass, torch.ones_like(mass), "value weights' row sums")
+        mass = f64(r["value_weights"]).sum(-1)
+        assert_close_scaled(mass, torch.ones_like(mass), "value weights' row sums")
 
 
 def test_shaw_errors():
