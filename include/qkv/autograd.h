@@ -98,6 +98,25 @@ class NoGradGuard {
   bool previous_;
 };
 
+// Mixed precision (bf16 autocast with f32 master weights): inside the scope,
+// matmul, linear and attention run on bf16 copies of their inputs
+// (AVX512-BF16 / AMX through oneDNN, f32 accumulation and results);
+// normalisation, softmax, losses and the rest stay f32, as under
+// torch.autocast. The casts are recorded, so parameters stay f32 and their
+// gradients arrive in f32. Per thread, nestable.
+class AutocastGuard {
+ public:
+  explicit AutocastGuard(bool enabled = true);
+  ~AutocastGuard();
+  AutocastGuard(const AutocastGuard&) = delete;
+  AutocastGuard& operator=(const AutocastGuard&) = delete;
+
+ private:
+  bool previous_;
+};
+bool autocast_enabled();
+void set_autocast_enabled(bool on);
+
 // d loss / d input for each input of an op, given d loss / d output. An entry
 // may be undefined when that input gets no gradient.
 using BackwardFunction = std::function<std::vector<Tensor>(const Tensor& grad_output)>;
@@ -139,6 +158,9 @@ Variable record(const char* name, Tensor output, std::vector<Variable> inputs,
 // written beside it in src/autograd/functions.cc. Tensor-only arguments
 // (targets, ids, masks) get no gradient.
 namespace qkv::autograd {
+
+// A dtype conversion; its gradient is converted back (to f32).
+Variable to(const Variable& x, DType dtype);
 
 // Broadcasting element-wise arithmetic (gradients summed back to each shape).
 Variable add(const Variable& a, const Variable& b);

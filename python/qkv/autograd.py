@@ -15,6 +15,7 @@ import contextlib
 from ._qkv.autograd import (  # noqa: F401
     Variable,
     add,
+    autocast_enabled,
     attention,
     cross_entropy,
     embedding,
@@ -34,11 +35,13 @@ from ._qkv.autograd import (  # noqa: F401
     rms_norm,
     scale,
     select,
+    set_autocast_enabled,
     set_grad_enabled,
     silu,
     softmax,
     sub,
     sum,
+    to,
     transpose,
 )
 
@@ -52,3 +55,15 @@ def no_grad():
         yield
     finally:
         set_grad_enabled(previous)
+
+
+@contextlib.contextmanager
+def autocast(enabled: bool = True):
+    """bf16 mixed precision in the block: matmul, linear and attention run on bf16
+    copies of their inputs (f32 results); parameters and gradients stay f32."""
+    previous = autocast_enabled()
+    set_autocast_enabled(enabled)
+    try:
+        yield
+    finally:
+        set_autocast_enabled(previous)

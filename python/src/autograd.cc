@@ -77,10 +77,15 @@ void bind_autograd(nb::module_& m) {
                (v.grad_fn() ? ", grad_fn=" + v.grad_fn()->name() : std::string()) + ")";
       });
 
+  using V = const Variable&;
   ag.def("grad_enabled", &autograd::grad_enabled);
   ag.def("set_grad_enabled", &autograd::set_grad_enabled, nb::arg("on"));
+  ag.def("autocast_enabled", &autograd::autocast_enabled);
+  ag.def("set_autocast_enabled", &autograd::set_autocast_enabled, nb::arg("on"));
+  ag.def(
+      "to", [](V x, const std::string& dtype) { return autograd::to(x, parse_dtype(dtype)); },
+      nb::arg("x"), nb::arg("dtype"));
 
-  using V = const Variable&;
   ag.def("add", [](V a, V b) { return autograd::add(a, b); });
   ag.def("sub", [](V a, V b) { return autograd::sub(a, b); });
   ag.def("mul", [](V a, V b) { return autograd::mul(a, b); });

@@ -29,7 +29,11 @@ Tensor tensor_from_array(const AnyArray& array);
 AttentionOptions make_options(std::optional<double> scale, nb::handle causal,
                               std::optional<Tensor> mask, std::optional<Tensor> key_padding_mask,
                               const std::string& layout, double dropout, uint64_t dropout_seed,
-                              std::shared_ptr<MaskMod> mask_mod, std::shared_ptr<ScoreMod> score_mod);
+                              std::shared_ptr<MaskMod> mask_mod,
+                              std::shared_ptr<ScoreMod> score_mod);
+
+// "f32" / "float32" / "bfloat16" / ...: the dtype arguments' spellings.
+DType parse_dtype(const std::string& name);
 
 void bind_tensor(nb::module_& m);
 void bind_ops(nb::module_& m);

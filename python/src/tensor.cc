@@ -5,6 +5,8 @@
 // the Python object) and releases it with the GIL held.
 // Out: numpy(), __array__, the buffer protocol and __dlpack__ all hand out the
 // tensor's memory with an owner capsule holding a shared_ptr<Storage>.
+#include "qkv/tensor.h"
+
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/vector.h>
 
@@ -16,22 +18,11 @@
 #include "bindings.h"
 #include "qkv/dtype.h"
 #include "qkv/error.h"
-#include "qkv/tensor.h"
 
 namespace qkv::python {
 namespace {
 
 using nb::dlpack::dtype_code;
-
-// Short names, plus NumPy / PyTorch spellings, for the dtype arguments.
-DType parse_dtype(const std::string& name) {
-  if (name == "float32" || name == "float") return DType::f32;
-  if (name == "bfloat16") return DType::bf16;
-  if (name == "float16" || name == "half") return DType::f16;
-  if (name == "int32") return DType::i32;
-  if (name == "int64" || name == "long") return DType::i64;
-  return dtype_from_name(name);
-}
 
 std::string dlpack_dtype_name(nb::dlpack::dtype dt) {
   const char* kind = "unknown";
@@ -97,7 +88,8 @@ nb::ndarray<Framework...> export_array(const Tensor& t) {
   std::vector<size_t> shape(t.shape().begin(), t.shape().end());
   std::vector<int64_t> strides(t.strides().begin(), t.strides().end());
   auto* keep = new std::shared_ptr<Storage>(t.storage());
-  nb::capsule owner(keep, [](void* p) noexcept { delete static_cast<std::shared_ptr<Storage>*>(p); });
+  nb::capsule owner(keep,
+                    [](void* p) noexcept { delete static_cast<std::shared_ptr<Storage>*>(p); });
   return nb::ndarray<Framework...>(t.raw_data(), shape.size(), shape.data(), owner, strides.data(),
                                    dlpack_dtype(t.dtype()), nb::device::cpu::value, 0);
 }
@@ -168,8 +160,8 @@ Tensor index(const Tensor& t, nb::handle key) {
     } else if (h.ptr() == Py_Ellipsis) {
       d += t.dim() - used;
     } else if (nb::isinstance<nb::slice>(h)) {
-      const auto [start, stop, step, length] = nb::borrow<nb::slice>(h).compute(
-          static_cast<size_t>(out.size(d)));
+      const auto [start, stop, step, length] =
+          nb::borrow<nb::slice>(h).compute(static_cast<size_t>(out.size(d)));
       if (step < 1)
         throw nb::index_error(
             detail::str("slice step must be >= 1 (qkv views have no negative steps), got ", step)
@@ -247,7 +239,9 @@ int tensor_getbuffer(PyObject* self, Py_buffer* view, int flags) {
   return 0;
 }
 
-void tensor_releasebuffer(PyObject*, Py_buffer* view) { PyMem_Free(view->internal); }
+void tensor_releasebuffer(PyObject*, Py_buffer* view) {
+  PyMem_Free(view->internal);
+}
 
 PyType_Slot tensor_slots[] = {
     {Py_bf_getbuffer, reinterpret_cast<void*>(tensor_getbuffer)},
@@ -256,6 +250,16 @@ PyType_Slot tensor_slots[] = {
 };
 
 }  // namespace
+
+// Short names, plus NumPy / PyTorch spellings, for the dtype arguments.
+DType parse_dtype(const std::string& name) {
+  if (name == "float32" || name == "float") return DType::f32;
+  if (name == "bfloat16") return DType::bf16;
+  if (name == "float16" || name == "half") return DType::f16;
+  if (name == "int32") return DType::i32;
+  if (name == "int64" || name == "long") return DType::i64;
+  return dtype_from_name(name);
+}
 
 Tensor tensor_from_array(const AnyArray& array) {
   const DType dtype = dtype_from_dlpack(array.dtype());
@@ -291,12 +295,15 @@ Tensor tensor_from_array(const AnyArray& array) {
 void bind_tensor(nb::module_& m) {
   nb::class_<Tensor>(m, "Tensor", nb::type_slots(tensor_slots),
                      "A typed, strided view over reference-counted storage.")
-      .def("__init__",
-           [](Tensor* self, const AnyArray& array) { new (self) Tensor(tensor_from_array(array)); },
-           nb::arg("array"), "Wraps an array's memory (NumPy, DLPack, buffer protocol) without a copy.")
+      .def(
+          "__init__",
+          [](Tensor* self, const AnyArray& array) { new (self) Tensor(tensor_from_array(array)); },
+          nb::arg("array"),
+          "Wraps an array's memory (NumPy, DLPack, buffer protocol) without a copy.")
       .def_prop_ro("shape", [](const Tensor& t) { return to_tuple(t.shape()); })
-      .def_prop_ro("strides", [](const Tensor& t) { return to_tuple(t.strides()); },
-                   "Strides in elements (as in PyTorch, not bytes as in NumPy).")
+      .def_prop_ro(
+          "strides", [](const Tensor& t) { return to_tuple(t.strides()); },
+          "Strides in elements (as in PyTorch, not bytes as in NumPy).")
       .def_prop_ro("dtype", [](const Tensor& t) { return std::string(dtype_name(t.dtype())); })
       .def_prop_ro("ndim", &Tensor::dim)
       .def_prop_ro("offset", &Tensor::offset)
@@ -324,11 +331,13 @@ void bind_tensor(nb::module_& m) {
            nb::arg("step") = 1)
       .def("narrow", &Tensor::narrow, nb::arg("dim"), nb::arg("start"), nb::arg("length"))
       .def("select", &Tensor::select, nb::arg("dim"), nb::arg("index"))
-      .def("permute", [](const Tensor& t, nb::args dims) { return t.permute(shape_from_args(dims)); })
+      .def("permute",
+           [](const Tensor& t, nb::args dims) { return t.permute(shape_from_args(dims)); })
       .def("transpose", &Tensor::transpose, nb::arg("dim0"), nb::arg("dim1"))
       .def("unsqueeze", &Tensor::unsqueeze, nb::arg("dim"))
       .def("squeeze", &Tensor::squeeze, nb::arg("dim"))
-      .def("expand", [](const Tensor& t, nb::args shape) { return t.expand(shape_from_args(shape)); })
+      .def("expand",
+           [](const Tensor& t, nb::args shape) { return t.expand(shape_from_args(shape)); })
       .def("view", [](const Tensor& t, nb::args shape) { return t.view(shape_from_args(shape)); })
       .def("reshape",
            [](const Tensor& t, nb::args shape) { return t.reshape(shape_from_args(shape)); })
@@ -336,14 +345,16 @@ void bind_tensor(nb::module_& m) {
       // Copies.
       .def("contiguous", &Tensor::contiguous)
       .def("clone", &Tensor::clone)
-      .def("to", [](const Tensor& t, const std::string& dtype) { return t.to(parse_dtype(dtype)); },
-           nb::arg("dtype"))
-      .def("copy_",
-           [](Tensor& t, const Tensor& src) -> Tensor& {
-             t.copy_(src);
-             return t;
-           },
-           nb::arg("src"), nb::rv_policy::reference_internal)
+      .def(
+          "to", [](const Tensor& t, const std::string& dtype) { return t.to(parse_dtype(dtype)); },
+          nb::arg("dtype"))
+      .def(
+          "copy_",
+          [](Tensor& t, const Tensor& src) -> Tensor& {
+            t.copy_(src);
+            return t;
+          },
+          nb::arg("src"), nb::rv_policy::reference_internal)
       .def("item", &Tensor::item)
       .def("tolist",
            [](const Tensor& t) {
@@ -371,8 +382,7 @@ void bind_tensor(nb::module_& m) {
              nb::object array = nb::cast(export_array<nb::array_api>(t));
              return array.attr("__dlpack__")(**kwargs);
            })
-      .def("__dlpack_device__",
-           [](const Tensor&) { return nb::make_tuple(1 /* kDLCPU */, 0); });
+      .def("__dlpack_device__", [](const Tensor&) { return nb::make_tuple(1 /* kDLCPU */, 0); });
 
   nb::implicitly_convertible<AnyArray, Tensor>();
 
@@ -383,31 +393,40 @@ void bind_tensor(nb::module_& m) {
         "A Tensor over the memory of a DLPack producer, without a copy.");
 
   auto dtype_arg = nb::arg("dtype") = "f32";
-  m.def("empty", [](const Shape& s, const std::string& d) { return Tensor::empty(s, parse_dtype(d)); },
-        nb::arg("shape"), dtype_arg);
-  m.def("zeros", [](const Shape& s, const std::string& d) { return Tensor::zeros(s, parse_dtype(d)); },
-        nb::arg("shape"), dtype_arg);
-  m.def("ones", [](const Shape& s, const std::string& d) { return Tensor::ones(s, parse_dtype(d)); },
-        nb::arg("shape"), dtype_arg);
-  m.def("full",
-        [](const Shape& s, double v, const std::string& d) {
-          return Tensor::full(s, v, parse_dtype(d));
-        },
-        nb::arg("shape"), nb::arg("value"), dtype_arg);
-  m.def("arange", [](int64_t n, const std::string& d) { return Tensor::arange(n, parse_dtype(d)); },
-        nb::arg("n"), dtype_arg);
-  m.def("rand",
-        [](const Shape& s, uint64_t seed, const std::string& d) {
-          Generator gen(seed);
-          return rand(s, gen, parse_dtype(d));
-        },
-        nb::arg("shape"), nb::arg("seed") = 0, dtype_arg);
-  m.def("randn",
-        [](const Shape& s, uint64_t seed, const std::string& d) {
-          Generator gen(seed);
-          return randn(s, gen, parse_dtype(d));
-        },
-        nb::arg("shape"), nb::arg("seed") = 0, dtype_arg);
+  m.def(
+      "empty",
+      [](const Shape& s, const std::string& d) { return Tensor::empty(s, parse_dtype(d)); },
+      nb::arg("shape"), dtype_arg);
+  m.def(
+      "zeros",
+      [](const Shape& s, const std::string& d) { return Tensor::zeros(s, parse_dtype(d)); },
+      nb::arg("shape"), dtype_arg);
+  m.def(
+      "ones", [](const Shape& s, const std::string& d) { return Tensor::ones(s, parse_dtype(d)); },
+      nb::arg("shape"), dtype_arg);
+  m.def(
+      "full",
+      [](const Shape& s, double v, const std::string& d) {
+        return Tensor::full(s, v, parse_dtype(d));
+      },
+      nb::arg("shape"), nb::arg("value"), dtype_arg);
+  m.def(
+      "arange", [](int64_t n, const std::string& d) { return Tensor::arange(n, parse_dtype(d)); },
+      nb::arg("n"), dtype_arg);
+  m.def(
+      "rand",
+      [](const Shape& s, uint64_t seed, const std::string& d) {
+        Generator gen(seed);
+        return rand(s, gen, parse_dtype(d));
+      },
+      nb::arg("shape"), nb::arg("seed") = 0, dtype_arg);
+  m.def(
+      "randn",
+      [](const Shape& s, uint64_t seed, const std::string& d) {
+        Generator gen(seed);
+        return randn(s, gen, parse_dtype(d));
+      },
+      nb::arg("shape"), nb::arg("seed") = 0, dtype_arg);
 }
 
 }  // namespace qkv::python

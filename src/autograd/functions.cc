@@ -18,7 +18,38 @@ bool needs_grad(const Variable& v) {
   return v.defined() && v.requires_grad();
 }
 
+thread_local bool autocasting = false;
+
+// The operand a matrix product reads under autocast: a bf16 copy (recorded).
+Variable autocast(const Variable& x) {
+  return autocasting && x.defined() && x.dtype() == DType::f32 ? to(x, DType::bf16) : x;
+}
+
+// g in the dtype of the operand it multiplies (bf16 products under autocast).
+Tensor like(const Tensor& g, const Tensor& operand) {
+  return g.to(operand.dtype());
+}
+
 }  // namespace
+
+AutocastGuard::AutocastGuard(bool enabled) : previous_(autocasting) {
+  autocasting = enabled;
+}
+AutocastGuard::~AutocastGuard() {
+  autocasting = previous_;
+}
+bool autocast_enabled() {
+  return autocasting;
+}
+void set_autocast_enabled(bool on) {
+  autocasting = on;
+}
+
+Variable to(const Variable& x, DType dtype) {
+  if (x.dtype() == dtype) return x;
+  return record("to", x.value().to(dtype), {x},
+                [](const Tensor& g) { return std::vector<Tensor>{g.to(DType::f32)}; });
+}
 
 // ---- element-wise ----------------------------------------------------------
 
@@ -56,7 +87,8 @@ Variable scale(const Variable& x, double factor) {
 
 // ---- products --------------------------------------------------------------
 
-Variable matmul(const Variable& a, const Variable& b, const MatmulOptions& options) {
+Variable matmul(const Variable& a_in, const Variable& b_in, const MatmulOptions& options) {
+  const Variable a = autocast(a_in), b = autocast(b_in);
   const Tensor av = a.value(), bv = b.value();
   const bool ta = options.transpose_a, tb = options.transpose_b;
   // With A = op(a), B = op(b): dA = g B^T, dB = A^T g; da = dA (or dA^T), summed
@@ -66,18 +98,19 @@ Variable matmul(const Variable& a, const Variable& b, const MatmulOptions& optio
                  sa = a.shape(), sb = b.shape()](const Tensor& g) {
                   Tensor da, db;
                   if (bv.defined()) {
-                    const Tensor d = qkv::matmul(g, bv, {.transpose_b = !tb});
+                    const Tensor d = qkv::matmul(like(g, bv), bv, {.transpose_b = !tb});
                     da = sum_to_shape(ta ? d.transpose(-1, -2) : d, sa);
                   }
                   if (av.defined()) {
-                    const Tensor d = qkv::matmul(av, g, {.transpose_a = !ta});
+                    const Tensor d = qkv::matmul(av, like(g, av), {.transpose_a = !ta});
                     db = sum_to_shape(tb ? d.transpose(-1, -2) : d, sb);
                   }
                   return std::vector<Tensor>{da, db};
                 });
 }
 
-Variable linear(const Variable& x, const Variable& weight, const Variable& bias) {
+Variable linear(const Variable& x_in, const Variable& weight_in, const Variable& bias) {
+  const Variable x = autocast(x_in), weight = autocast(weight_in);
   const Tensor xv = x.value(), wv = weight.value();
   QKV_CHECK(xv.dim() >= 1 && wv.dim() == 2 && xv.size(-1) == wv.size(1), "linear: input ",
             shape_string(xv.shape()), " and weight ", shape_string(wv.shape()),
@@ -94,8 +127,9 @@ Variable linear(const Variable& x, const Variable& weight, const Variable& bias)
                  xs = xv.shape(), out](const Tensor& g) {
                   const Tensor g_rows = g.reshape({-1, out});
                   Tensor dx, dw, db;
-                  if (wv.defined()) dx = qkv::matmul(g_rows, wv).view(xs);
-                  if (rows.defined()) dw = qkv::matmul(g_rows, rows, {.transpose_a = true});
+                  if (wv.defined()) dx = qkv::matmul(like(g_rows, wv), wv).view(xs);
+                  if (rows.defined())
+                    dw = qkv::matmul(like(g_rows, rows), rows, {.transpose_a = true});
                   if (wants_b) db = qkv::sum(g_rows, 0);
                   return std::vector<Tensor>{dx, dw, db};
                 });
@@ -243,8 +277,9 @@ Variable mean(const Variable& x, int64_t dim, bool keepdim) {
 
 // ---- attention and losses ----------------------------------------------------
 
-Variable attention(const Variable& q, const Variable& k, const Variable& v,
+Variable attention(const Variable& q_in, const Variable& k_in, const Variable& v_in,
                    const AttentionOptions& options) {
+  const Variable q = autocast(q_in), k = autocast(k_in), v = autocast(v_in);
   AttentionOptions o = options;
   o.return_lse = true;
   o.weights_heads.clear();

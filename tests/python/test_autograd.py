@@ -108,3 +108,39 @@ def test_tape_rules():
         (x * 2.0).backward()
     x.zero_grad()
     assert x.grad is None
+
+
+def test_bf16_autocast_keeps_f32_master_weights_and_gradients():
+    """Under autocast the products run in bf16 (results within bf16 rounding of
+    the f32 run); parameters, their gradients and the loss stay f32."""
+    g = torch.Generator().manual_seed(3)
+    # Weights at their usual 1/sqrt(fan_in) scale, so the products are well conditioned.
+    scales = {"x": 1.0, "w1": 32 ** -0.5, "b1": 0.1, "w2": 64 ** -0.5}
+    shapes = {"x": (4, 9, 32), "w1": (64, 32), "b1": (64,), "w2": (5, 64)}
+    Q = {n: ag.Variable(f32(torch.randn(shapes[n], generator=g) * scales[n]), requires_grad=True) for n in shapes}
+    targets = qkv.from_dlpack(torch.randint(0, 5, (36,), generator=g))
+
+    def run(params):
+        h = ag.gelu(ag.linear(params["x"], params["w1"], params["b1"]))
+        q = ag.reshape(h, [4, 9, 4, 16])
+        a = ag.attention(q, q, q, layout="blhd", causal=True)
+        logits = ag.reshape(ag.linear(ag.reshape(a, [4, 9, 64]), params["w2"]), [36, 5])
+        return ag.cross_entropy(logits, targets)
+
+    full = run(Q)
+    full.backward()
+    f32_grads = {n: f64(v.grad) for n, v in Q.items()}
+    for v in Q.values():
+        v.zero_grad()
+    with ag.autocast():
+        assert ag.autocast_enabled()
+        mixed = run(Q)
+    assert not ag.autocast_enabled()
+    mixed.backward()
+    assert mixed.value.dtype == "f32"
+    # Different (the products really ran in bf16), but within bf16 rounding.
+    assert mixed.value.item() != full.value.item()
+    assert abs(mixed.value.item() - full.value.item()) <= 2e-2 * abs(full.value.item())
+    for name, v in Q.items():
+        assert v.value.dtype == "f32" and v.grad.dtype == "f32", name
+        assert_close_scaled(f64(v.grad), f32_grads[name], f"bf16 d {name}", rel=2e-2)
