@@ -6,6 +6,7 @@
 #include "qkv/dtype.h"
 #include "qkv/embeddings.h"
 #include "qkv/error.h"
+#include "qkv/layers.h"
 #include "qkv/linear_attention.h"
 #include "qkv/losses.h"
 #include "qkv/matmul.h"

@@ -1,0 +1,381 @@
+// Transformer layers as nn::Modules on autograd (SPEC §4), with PyTorch's
+// parameter names, default initialisation and forward semantics, so a
+// state_dict moves between qkv and torch by name:
+//
+//   Generator gen(0);
+//   nn::Transformer model({.d_model = 64, .nhead = 4, .batch_first = true}, gen);
+//   model.load_state_dict(torch_state);   // "encoder.layers.0.self_attn.in_proj_weight", ...
+//   autograd::Variable y = model.forward(src, tgt, {.tgt_is_causal = true});
+//
+// Each module takes its config and a Generator for its initialisation;
+// modules with dropout own a generator seeded from it, and drop only in
+// training mode (Module::train / eval).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <vector>
+
+#include "qkv/autograd.h"
+#include "qkv/module.h"
+#include "qkv/tensor.h"
+
+namespace qkv::nn {
+
+// x W^T + b (torch.nn.Linear). weight [out, in], bias [out]; both
+// U(-1/sqrt(in), 1/sqrt(in)) (torch's kaiming_uniform(a = sqrt 5)).
+struct LinearConfig {
+  int64_t in_features = 0;
+  int64_t out_features = 0;
+  bool bias = true;
+};
+
+class Linear : public Module {
+ public:
+  Linear(const LinearConfig& config, Generator& generator);
+  // x: [..., in] -> [..., out]
+  autograd::Variable forward(const autograd::Variable& x) const;
+  const LinearConfig& config() const { return config_; }
+  const autograd::Variable& weight() const { return weight_; }
+  const autograd::Variable& bias() const { return bias_; }  // undefined without bias
+  const char* type_name() const override { return "Linear"; }
+
+ private:
+  LinearConfig config_;
+  autograd::Variable weight_, bias_;
+};
+
+// A lookup table (torch.nn.Embedding): "weight" [num, dim] ~ N(0, 1), the
+// padding row zero and without gradient.
+struct EmbeddingConfig {
+  int64_t num_embeddings = 0;
+  int64_t embedding_dim = 0;
+  std::optional<int64_t> padding_idx;  // negative counts from the end, as torch
+};
+
+class Embedding : public Module {
+ public:
+  Embedding(const EmbeddingConfig& config, Generator& generator);
+  // Wraps trained vectors (GloVe, word2vec, a checkpoint) [num, dim]; frozen
+  // ones get no gradient (torch.nn.Embedding.from_pretrained).
+  static std::shared_ptr<Embedding> from_pretrained(const Tensor& weight, bool freeze = true,
+                                                    std::optional<int64_t> padding_idx = {});
+  // ids (i32 / i64, any shape) -> [..., dim]
+  autograd::Variable forward(const Tensor& ids) const;
+  const EmbeddingConfig& config() const { return config_; }
+  const autograd::Variable& weight() const { return weight_; }
+  const char* type_name() const override { return "Embedding"; }
+
+ private:
+  Embedding(const EmbeddingConfig& config, Tensor weight, bool requires_grad);
+  EmbeddingConfig config_;
+  autograd::Variable weight_;
+};
+
+// torch.nn.LayerNorm over the last dim: "weight" ones, "bias" zeros.
+struct LayerNormConfig {
+  int64_t dim = 0;
+  double eps = 1e-5;
+  bool elementwise_affine = true;
+  bool bias = true;
+};
+
+class LayerNorm : public Module {
+ public:
+  LayerNorm(const LayerNormConfig& config, Generator& generator);
+  autograd::Variable forward(const autograd::Variable& x) const;
+  const LayerNormConfig& config() const { return config_; }
+  const char* type_name() const override { return "LayerNorm"; }
+
+ private:
+  LayerNormConfig config_;
+  autograd::Variable weight_, bias_;
+};
+
+// torch.nn.RMSNorm over the last dim: "weight" ones. eps defaults to f32's
+// machine epsilon (torch's eps = None for f32 inputs).
+struct RMSNormConfig {
+  int64_t dim = 0;
+  double eps = 1.1920928955078125e-07;
+};
+
+class RMSNorm : public Module {
+ public:
+  RMSNorm(const RMSNormConfig& config, Generator& generator);
+  autograd::Variable forward(const autograd::Variable& x) const;
+  const RMSNormConfig& config() const { return config_; }
+  const char* type_name() const override { return "RMSNorm"; }
+
+ private:
+  RMSNormConfig config_;
+  autograd::Variable weight_;
+};
+
+struct DropoutConfig {
+  double p = 0.5;
+};
+
+// Zeroes with probability p and scales the rest by 1 / (1 - p), in training
+// mode only; the masks come from the module's own generator.
+class Dropout : public Module {
+ public:
+  Dropout(const DropoutConfig& config, Generator& generator);
+  autograd::Variable forward(const autograd::Variable& x);
+  const DropoutConfig& config() const { return config_; }
+  const char* type_name() const override { return "Dropout"; }
+
+ private:
+  DropoutConfig config_;
+  Generator generator_;
+};
+
+enum class Activation { relu, gelu, swiglu };  // gelu: the exact (erf) form, as torch's "gelu"
+const char* activation_name(Activation a);
+
+// The position-wise feed-forward block. relu / gelu as torch's encoder layer:
+// linear2(dropout(act(linear1(x)))) ("linear1.*", "linear2.*"). swiglu as
+// Llama (Shazeer 2020): w2(dropout(silu(w1 x) * w3 x)) ("w1.*", "w2.*", "w3.*").
+struct FeedForwardConfig {
+  int64_t d_model = 0;
+  int64_t d_ff = 0;
+  Activation activation = Activation::relu;
+  bool bias = true;
+  double dropout = 0.0;
+};
+
+class FeedForward : public Module {
+ public:
+  FeedForward(const FeedForwardConfig& config, Generator& generator);
+  // x: [..., d_model] -> [..., d_model]
+  autograd::Variable forward(const autograd::Variable& x);
+  const FeedForwardConfig& config() const { return config_; }
+  const char* type_name() const override { return "FeedForward"; }
+
+ private:
+  FeedForwardConfig config_;
+  std::shared_ptr<Linear> in_, gate_, out_;  // linear1 / w1, w3 (swiglu), linear2 / w2
+  std::shared_ptr<Dropout> dropout_;
+};
+
+// The masks of one attention call, in torch.nn.MultiheadAttention's
+// conventions: a bool attn_mask is true where attention is NOT allowed, a
+// float one is added to the scores; shape [Lq, Lk] or [B * H, Lq, Lk].
+// key_padding_mask [B, Lk]: bool true = padding, or float (added). is_causal:
+// query i sees keys j <= i (with an attn_mask as well, both apply).
+struct AttentionMasks {
+  Tensor attn_mask;
+  Tensor key_padding_mask;
+  bool is_causal = false;
+};
+
+// Multi-head attention as a Module with torch.nn.MultiheadAttention's
+// parameters: "in_proj_weight" [3E, E] (or "q_proj_weight", "k_proj_weight",
+// "v_proj_weight" when kdim / vdim differ from E), "in_proj_bias",
+// "out_proj.weight", "out_proj.bias"; Xavier-uniform projections, zero biases.
+struct AttentionConfig {
+  int64_t embed_dim = 0;
+  int64_t num_heads = 1;
+  double dropout = 0.0;  // on the attention weights, in training mode
+  bool bias = true;
+  int64_t kdim = 0;  // 0: embed_dim
+  int64_t vdim = 0;  // 0: embed_dim
+  bool batch_first = false;
+};
+
+class Attention : public Module {
+ public:
+  Attention(const AttentionConfig& config, Generator& generator);
+  // query [B, Lq, E] (batch_first) or [Lq, B, E]; key, value with kdim / vdim
+  // features and Lk positions -> like query. The projections are viewed as
+  // [B, L, H, Dh] for the fused attention (no copies).
+  autograd::Variable forward(const autograd::Variable& query, const autograd::Variable& key,
+                             const autograd::Variable& value, const AttentionMasks& masks = {});
+  // The output and the attention weights (before dropout, without gradient):
+  // [B, Lq, Lk] averaged over heads, or [B, H, Lq, Lk] (torch's need_weights).
+  struct WithWeights {
+    autograd::Variable output;
+    Tensor weights;
+  };
+  WithWeights forward_with_weights(const autograd::Variable& query, const autograd::Variable& key,
+                                   const autograd::Variable& value,
+                                   const AttentionMasks& masks = {},
+                                   bool average_attn_weights = true);
+  const AttentionConfig& config() const { return config_; }
+  const char* type_name() const override { return "MultiheadAttention"; }
+
+ private:
+  WithWeights run(const autograd::Variable& query, const autograd::Variable& key,
+                  const autograd::Variable& value, const AttentionMasks& masks, bool weights,
+                  bool average);
+  AttentionConfig config_;
+  autograd::Variable in_proj_weight_, q_proj_weight_, k_proj_weight_, v_proj_weight_;
+  autograd::Variable in_proj_bias_;
+  std::shared_ptr<Linear> out_proj_;
+  Generator dropout_generator_;
+};
+
+// torch.nn.TransformerEncoderLayer / TransformerDecoderLayer (Vaswani et al.
+// 2017; norm_first: the pre-norm of Xiong et al. 2020), with torch's names:
+// self_attn, [multihead_attn,] linear1, dropout, linear2, norm1, norm2,
+// [norm3,] dropout1, dropout2[, dropout3].
+struct TransformerLayerConfig {
+  int64_t d_model = 512;
+  int64_t nhead = 8;
+  int64_t dim_feedforward = 2048;
+  double dropout = 0.1;
+  Activation activation = Activation::relu;  // relu or gelu
+  double layer_norm_eps = 1e-5;
+  bool batch_first = false;
+  bool norm_first = false;
+  bool bias = true;
+};
+
+class TransformerEncoderLayer : public Module {
+ public:
+  TransformerEncoderLayer(const TransformerLayerConfig& config, Generator& generator);
+  // src [B, L, d_model] (batch_first) or [L, B, d_model]
+  autograd::Variable forward(const autograd::Variable& src, const AttentionMasks& src_masks = {});
+  const TransformerLayerConfig& config() const { return config_; }
+  const char* type_name() const override { return "TransformerEncoderLayer"; }
+
+ private:
+  autograd::Variable feed_forward(const autograd::Variable& x);
+  TransformerLayerConfig config_;
+  std::shared_ptr<Attention> self_attn_;
+  std::shared_ptr<Linear> linear1_, linear2_;
+  std::shared_ptr<LayerNorm> norm1_, norm2_;
+  std::shared_ptr<Dropout> dropout_, dropout1_, dropout2_;
+};
+
+class TransformerDecoderLayer : public Module {
+ public:
+  TransformerDecoderLayer(const TransformerLayerConfig& config, Generator& generator);
+  // tgt [B, Lt, d_model], memory [B, Ls, d_model] (or sequence first).
+  autograd::Variable forward(const autograd::Variable& tgt, const autograd::Variable& memory,
+                             const AttentionMasks& tgt_masks = {},
+                             const AttentionMasks& memory_masks = {});
+  const TransformerLayerConfig& config() const { return config_; }
+  const char* type_name() const override { return "TransformerDecoderLayer"; }
+
+ private:
+  autograd::Variable feed_forward(const autograd::Variable& x);
+  TransformerLayerConfig config_;
+  std::shared_ptr<Attention> self_attn_, multihead_attn_;
+  std::shared_ptr<Linear> linear1_, linear2_;
+  std::shared_ptr<LayerNorm> norm1_, norm2_, norm3_;
+  std::shared_ptr<Dropout> dropout_, dropout1_, dropout2_, dropout3_;
+};
+
+// A stack of layers ("layers.N.") and an optional final LayerNorm ("norm.").
+struct TransformerStackConfig {
+  TransformerLayerConfig layer;
+  int64_t num_layers = 6;
+  bool norm = false;  // a final LayerNorm (layer.layer_norm_eps, layer.bias)
+};
+
+class TransformerEncoder : public Module {
+ public:
+  TransformerEncoder(const TransformerStackConfig& config, Generator& generator);
+  autograd::Variable forward(const autograd::Variable& src, const AttentionMasks& src_masks = {});
+  const TransformerStackConfig& config() const { return config_; }
+  const char* type_name() const override { return "TransformerEncoder"; }
+
+ private:
+  TransformerStackConfig config_;
+  std::vector<std::shared_ptr<TransformerEncoderLayer>> layers_;
+  std::shared_ptr<LayerNorm> norm_;
+};
+
+class TransformerDecoder : public Module {
+ public:
+  TransformerDecoder(const TransformerStackConfig& config, Generator& generator);
+  autograd::Variable forward(const autograd::Variable& tgt, const autograd::Variable& memory,
+                             const AttentionMasks& tgt_masks = {},
+                             const AttentionMasks& memory_masks = {});
+  const TransformerStackConfig& config() const { return config_; }
+  const char* type_name() const override { return "TransformerDecoder"; }
+
+ private:
+  TransformerStackConfig config_;
+  std::vector<std::shared_ptr<TransformerDecoderLayer>> layers_;
+  std::shared_ptr<LayerNorm> norm_;
+};
+
+// torch.nn.Transformer: "encoder.*" and "decoder.*" with final norms; every
+// parameter of dim > 1 Xavier-uniform (its _reset_parameters).
+struct TransformerConfig {
+  int64_t d_model = 512;
+  int64_t nhead = 8;
+  int64_t num_encoder_layers = 6;
+  int64_t num_decoder_layers = 6;
+  int64_t dim_feedforward = 2048;
+  double dropout = 0.1;
+  Activation activation = Activation::relu;
+  double layer_norm_eps = 1e-5;
+  bool batch_first = false;
+  bool norm_first = false;
+  bool bias = true;
+};
+
+// torch.nn.Transformer.forward's masks (memory_mask: [Lt, Ls]).
+struct TransformerMasks {
+  Tensor src_mask, tgt_mask, memory_mask;
+  Tensor src_key_padding_mask, tgt_key_padding_mask, memory_key_padding_mask;
+  bool src_is_causal = false;
+  bool tgt_is_causal = false;
+  bool memory_is_causal = false;
+};
+
+class Transformer : public Module {
+ public:
+  Transformer(const TransformerConfig& config, Generator& generator);
+  // src [B, Ls, d_model], tgt [B, Lt, d_model] (or sequence first) -> like tgt.
+  autograd::Variable forward(const autograd::Variable& src, const autograd::Variable& tgt,
+                             const TransformerMasks& masks = {});
+  const TransformerConfig& config() const { return config_; }
+  TransformerEncoder& encoder() { return *encoder_; }
+  TransformerDecoder& decoder() { return *decoder_; }
+  const char* type_name() const override { return "Transformer"; }
+
+ private:
+  TransformerConfig config_;
+  std::shared_ptr<TransformerEncoder> encoder_;
+  std::shared_ptr<TransformerDecoder> decoder_;
+};
+
+// The attention-pooling classifier (SPEC §4): token embeddings plus a
+// positional encoding, pooled over positions by one learned query w
+// (scores = x w / sqrt(d), softmax over the non-padding positions,
+// pooled = sum softmax * x), then a Linear to logits (the softmax is in the
+// loss). Parameters: "embedding.weight", "position_embedding.weight"
+// (learned only), "query" [d_model], "classifier.weight", "classifier.bias".
+enum class PositionalEncoding { sinusoidal, learned };
+
+struct AttentionPoolingClassifierConfig {
+  int64_t vocab_size = 0;
+  int64_t d_model = 0;
+  int64_t max_len = 0;
+  int64_t num_classes = 0;
+  PositionalEncoding positional = PositionalEncoding::sinusoidal;
+  std::optional<int64_t> padding_idx;  // its positions are not pooled
+};
+
+class AttentionPoolingClassifier : public Module {
+ public:
+  AttentionPoolingClassifier(const AttentionPoolingClassifierConfig& config, Generator& generator);
+  // ids [B, L] -> logits [B, num_classes]. padding_mask [B, L] (true =
+  // padding) defaults to ids == padding_idx; a row must keep one position.
+  autograd::Variable forward(const Tensor& ids, const Tensor& padding_mask = Tensor());
+  const AttentionPoolingClassifierConfig& config() const { return config_; }
+  const char* type_name() const override { return "AttentionPoolingClassifier"; }
+
+ private:
+  AttentionPoolingClassifierConfig config_;
+  std::shared_ptr<Embedding> embedding_, position_embedding_;
+  autograd::Variable query_;
+  std::shared_ptr<Linear> classifier_;
+  Tensor sinusoidal_;  // [max_len, d_model]
+};
+
+}  // namespace qkv::nn

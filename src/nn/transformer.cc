@@ -1,0 +1,379 @@
+// Multi-head attention, the encoder and decoder layers, their stacks and the
+// encoder-decoder Transformer, as torch.nn defines them (torch/nn/modules/
+// activation.py and transformer.py): the same names, forward order and masks.
+#include <limits>
+#include <string>
+
+#include "nn/init.h"
+#include "qkv/layers.h"
+
+namespace qkv::nn {
+
+using autograd::Variable;
+
+namespace {
+
+// torch's bool masks are true where attention is NOT allowed; qkv's are true
+// where it is.
+Tensor logical_not(const Tensor& mask) {
+  const Tensor in = mask.contiguous();
+  Tensor out = Tensor::empty(mask.shape(), DType::boolean);
+  for (int64_t i = 0; i < in.numel(); ++i) out.data<bool>()[i] = !in.data<bool>()[i];
+  return out;
+}
+
+// torch's _canonical_mask: a bool mask (true = not allowed) as -inf / 0; a
+// float mask unchanged.
+Tensor additive(const Tensor& mask) {
+  if (mask.dtype() != DType::boolean) return mask.to(DType::f32);
+  const Tensor in = mask.contiguous();
+  Tensor out = Tensor::zeros(mask.shape());
+  for (int64_t i = 0; i < in.numel(); ++i)
+    if (in.data<bool>()[i]) out.data<float>()[i] = -std::numeric_limits<float>::infinity();
+  return out;
+}
+
+LayerNormConfig norm_config(const TransformerLayerConfig& c) {
+  return {.dim = c.d_model, .eps = c.layer_norm_eps, .bias = c.bias};
+}
+
+void check_layer_config(const char* op, const TransformerLayerConfig& c) {
+  QKV_CHECK(c.activation == Activation::relu || c.activation == Activation::gelu, op,
+            ": activation must be relu or gelu, got ", activation_name(c.activation));
+  QKV_CHECK(c.dim_feedforward > 0, op, ": dim_feedforward must be positive, got ",
+            c.dim_feedforward);
+}
+
+Variable activate(Activation a, const Variable& x) {
+  return a == Activation::gelu ? autograd::gelu(x) : autograd::relu(x);
+}
+
+// Batched inputs only: [B, L, E] or [L, B, E].
+void check_sequence(const char* op, const char* argument, const Variable& x, int64_t d_model,
+                    bool batch_first) {
+  detail::check_features(op, argument, x.value(), "d_model", d_model, 3);
+  QKV_CHECK(x.dim() == 3, op, ": ", argument, " has shape ", shape_string(x.shape()),
+            "; expected 3-D ", batch_first ? "[B, L, " : "[L, B, ", d_model, "]");
+}
+
+}  // namespace
+
+// ---- Attention ---------------------------------------------------------------
+
+Attention::Attention(const AttentionConfig& config, Generator& generator) : config_(config) {
+  const int64_t e = config.embed_dim, h = config.num_heads;
+  QKV_CHECK(e > 0 && h > 0 && e % h == 0, "MultiheadAttention: embed_dim ", e,
+            " must be a positive multiple of num_heads ", h);
+  QKV_CHECK(config.dropout >= 0 && config.dropout < 1,
+            "MultiheadAttention: dropout must be in [0, 1), got ", config.dropout);
+  if (config_.kdim == 0) config_.kdim = e;
+  if (config_.vdim == 0) config_.vdim = e;
+  // torch's _reset_parameters: Xavier-uniform projections (the packed one as
+  // one [3E, E] matrix), zero biases; out_proj keeps Linear's weight init.
+  auto xavier = [&](const Shape& shape) {
+    return detail::uniform(shape, detail::xavier_bound(shape), generator);
+  };
+  if (config_.kdim == e && config_.vdim == e) {
+    in_proj_weight_ = register_parameter("in_proj_weight", xavier({3 * e, e}));
+  } else {
+    q_proj_weight_ = register_parameter("q_proj_weight", xavier({e, e}));
+    k_proj_weight_ = register_parameter("k_proj_weight", xavier({e, config_.kdim}));
+    v_proj_weight_ = register_parameter("v_proj_weight", xavier({e, config_.vdim}));
+  }
+  if (config.bias) in_proj_bias_ = register_parameter("in_proj_bias", Tensor::zeros({3 * e}));
+  out_proj_ = register_module("out_proj",
+                              std::make_shared<Linear>(LinearConfig{e, e, config.bias}, generator));
+  if (config.bias) {
+    Tensor b = out_proj_->bias().value();
+    b.copy_(Tensor::zeros({e}));
+  }
+  dropout_generator_ = Generator(generator.next_u64());
+}
+
+Variable Attention::forward(const Variable& query, const Variable& key, const Variable& value,
+                            const AttentionMasks& masks) {
+  return run(query, key, value, masks, false, false).output;
+}
+
+Attention::WithWeights Attention::forward_with_weights(const Variable& query, const Variable& key,
+                                                       const Variable& value,
+                                                       const AttentionMasks& masks,
+                                                       bool average_attn_weights) {
+  return run(query, key, value, masks, true, average_attn_weights);
+}
+
+Attention::WithWeights Attention::run(const Variable& query, const Variable& key,
+                                      const Variable& value, const AttentionMasks& masks,
+                                      bool want_weights, bool average) {
+  const char* op = "MultiheadAttention";
+  const int64_t e = config_.embed_dim, h = config_.num_heads, dh = e / h;
+  const bool bf = config_.batch_first;
+  check_sequence(op, "query", query, e, bf);
+  detail::check_features(op, "key", key.value(), "kdim", config_.kdim, 3);
+  detail::check_features(op, "value", value.value(), "vdim", config_.vdim, 3);
+  const int bdim = bf ? 0 : 1;
+  const int64_t batch = query.size(bdim), lq = query.size(1 - bdim), lk = key.size(1 - bdim);
+  QKV_CHECK(key.dim() == 3 && value.dim() == 3 && key.size(bdim) == batch &&
+                value.size(bdim) == batch && value.size(1 - bdim) == lk,
+            op, ": query ", shape_string(query.shape()), ", key ", shape_string(key.shape()),
+            " and value ", shape_string(value.shape()), " disagree on batch or length");
+
+  // x W_i^T + b_i with W_i rows [i E, (i + 1) E) of the packed weight,
+  // [L0, L1, E] -> [L0, L1, H, Dh] -> [B, L, H, Dh] (views).
+  auto project = [&](int which, const Variable& x, const Variable& separate) {
+    const Variable w =
+        separate.defined() ? separate : autograd::narrow(in_proj_weight_, 0, which * e, e);
+    const Variable b =
+        in_proj_bias_.defined() ? autograd::narrow(in_proj_bias_, 0, which * e, e) : Variable();
+    const Variable y = autograd::reshape(autograd::linear(x, w, b), {x.size(0), x.size(1), h, dh});
+    return bf ? y : autograd::transpose(y, 0, 1);
+  };
+  const Variable q = project(0, query, q_proj_weight_);
+  const Variable k = project(1, key, k_proj_weight_);
+  const Variable v = project(2, value, v_proj_weight_);
+
+  AttentionOptions o;
+  o.layout = AttentionLayout::blhd;
+  o.causal = masks.is_causal ? Causal::top_left : Causal::none;
+  Tensor attn = masks.attn_mask;
+  const Tensor& padding = masks.key_padding_mask;
+  if (attn.defined()) {
+    const bool ok =
+        (attn.dim() == 2 && attn.size(0) == lq && attn.size(1) == lk) ||
+        (attn.dim() == 3 && attn.size(0) == batch * h && attn.size(1) == lq && attn.size(2) == lk);
+    QKV_CHECK(ok, op, ": attn_mask has shape ", shape_string(attn.shape()), "; expected [", lq,
+              ", ", lk, "] or [", batch * h, ", ", lq, ", ", lk, "] (B * num_heads, Lq, Lk)");
+    if (attn.dim() == 3) attn = attn.reshape({batch, h, lq, lk});
+  }
+  if (padding.defined())
+    QKV_CHECK(padding.dim() == 2 && padding.size(0) == batch && padding.size(1) == lk, op,
+              ": key_padding_mask has shape ", shape_string(padding.shape()), "; expected [", batch,
+              ", ", lk, "]");
+  const bool bool_masks = (!attn.defined() || attn.dtype() == DType::boolean) &&
+                          (!padding.defined() || padding.dtype() == DType::boolean);
+  if (bool_masks) {
+    if (attn.defined()) o.mask = logical_not(attn);
+    o.key_padding_mask = padding;
+  } else {
+    // A float mask: both as one additive bias, as torch merges them.
+    if (attn.defined()) o.mask = additive(attn);
+    if (padding.defined()) {
+      const Tensor p = additive(padding).view({batch, 1, 1, lk});
+      o.mask = o.mask.defined() ? add(o.mask, p) : p;
+    }
+  }
+  WithWeights out;
+  if (want_weights) {
+    autograd::NoGradGuard no_grad;
+    AttentionOptions w = o;
+    for (int64_t i = 0; i < h; ++i) w.weights_heads.push_back(i);
+    const Tensor weights = attention(q.value(), k.value(), v.value(), w).weights;
+    out.weights = average ? mean(weights, 1) : weights;
+  }
+  if (training() && config_.dropout > 0) {
+    o.dropout = config_.dropout;
+    o.dropout_seed = dropout_generator_.next_u64();
+  }
+  // [B, Lq, H, Dh] -> rows in the query's order [L0, L1, E] -> out_proj.
+  Variable heads = autograd::attention(q, k, v, o);
+  if (!bf) heads = autograd::transpose(heads, 0, 1);
+  out.output = out_proj_->forward(autograd::reshape(heads, {query.size(0), query.size(1), e}));
+  return out;
+}
+
+// ---- encoder and decoder layers ---------------------------------------------
+
+TransformerEncoderLayer::TransformerEncoderLayer(const TransformerLayerConfig& config,
+                                                 Generator& generator)
+    : config_(config) {
+  check_layer_config("TransformerEncoderLayer", config);
+  const AttentionConfig attention{.embed_dim = config.d_model,
+                                  .num_heads = config.nhead,
+                                  .dropout = config.dropout,
+                                  .bias = config.bias,
+                                  .batch_first = config.batch_first};
+  const DropoutConfig drop{config.dropout};
+  self_attn_ = register_module("self_attn", std::make_shared<Attention>(attention, generator));
+  linear1_ = register_module(
+      "linear1", std::make_shared<Linear>(
+                     LinearConfig{config.d_model, config.dim_feedforward, config.bias}, generator));
+  dropout_ = register_module("dropout", std::make_shared<Dropout>(drop, generator));
+  linear2_ = register_module(
+      "linear2", std::make_shared<Linear>(
+                     LinearConfig{config.dim_feedforward, config.d_model, config.bias}, generator));
+  norm1_ = register_module("norm1", std::make_shared<LayerNorm>(norm_config(config), generator));
+  norm2_ = register_module("norm2", std::make_shared<LayerNorm>(norm_config(config), generator));
+  dropout1_ = register_module("dropout1", std::make_shared<Dropout>(drop, generator));
+  dropout2_ = register_module("dropout2", std::make_shared<Dropout>(drop, generator));
+}
+
+Variable TransformerEncoderLayer::feed_forward(const Variable& x) {
+  return linear2_->forward(dropout_->forward(activate(config_.activation, linear1_->forward(x))));
+}
+
+Variable TransformerEncoderLayer::forward(const Variable& src, const AttentionMasks& src_masks) {
+  check_sequence("TransformerEncoderLayer", "src", src, config_.d_model, config_.batch_first);
+  auto sa_block = [&](const Variable& x) {
+    return dropout1_->forward(self_attn_->forward(x, x, x, src_masks));
+  };
+  auto ff_block = [&](const Variable& x) { return dropout2_->forward(feed_forward(x)); };
+  Variable x = src;
+  if (config_.norm_first) {
+    x = autograd::add(x, sa_block(norm1_->forward(x)));
+    x = autograd::add(x, ff_block(norm2_->forward(x)));
+  } else {
+    x = norm1_->forward(autograd::add(x, sa_block(x)));
+    x = norm2_->forward(autograd::add(x, ff_block(x)));
+  }
+  return x;
+}
+
+TransformerDecoderLayer::TransformerDecoderLayer(const TransformerLayerConfig& config,
+                                                 Generator& generator)
+    : config_(config) {
+  check_layer_config("TransformerDecoderLayer", config);
+  const AttentionConfig attention{.embed_dim = config.d_model,
+                                  .num_heads = config.nhead,
+                                  .dropout = config.dropout,
+                                  .bias = config.bias,
+                                  .batch_first = config.batch_first};
+  const DropoutConfig drop{config.dropout};
+  self_attn_ = register_module("self_attn", std::make_shared<Attention>(attention, generator));
+  multihead_attn_ =
+      register_module("multihead_attn", std::make_shared<Attention>(attention, generator));
+  linear1_ = register_module(
+      "linear1", std::make_shared<Linear>(
+                     LinearConfig{config.d_model, config.dim_feedforward, config.bias}, generator));
+  dropout_ = register_module("dropout", std::make_shared<Dropout>(drop, generator));
+  linear2_ = register_module(
+      "linear2", std::make_shared<Linear>(
+                     LinearConfig{config.dim_feedforward, config.d_model, config.bias}, generator));
+  norm1_ = register_module("norm1", std::make_shared<LayerNorm>(norm_config(config), generator));
+  norm2_ = register_module("norm2", std::make_shared<LayerNorm>(norm_config(config), generator));
+  norm3_ = register_module("norm3", std::make_shared<LayerNorm>(norm_config(config), generator));
+  dropout1_ = register_module("dropout1", std::make_shared<Dropout>(drop, generator));
+  dropout2_ = register_module("dropout2", std::make_shared<Dropout>(drop, generator));
+  dropout3_ = register_module("dropout3", std::make_shared<Dropout>(drop, generator));
+}
+
+Variable TransformerDecoderLayer::feed_forward(const Variable& x) {
+  return linear2_->forward(dropout_->forward(activate(config_.activation, linear1_->forward(x))));
+}
+
+Variable TransformerDecoderLayer::forward(const Variable& tgt, const Variable& memory,
+                                          const AttentionMasks& tgt_masks,
+                                          const AttentionMasks& memory_masks) {
+  const char* op = "TransformerDecoderLayer";
+  check_sequence(op, "tgt", tgt, config_.d_model, config_.batch_first);
+  check_sequence(op, "memory", memory, config_.d_model, config_.batch_first);
+  auto sa_block = [&](const Variable& x) {
+    return dropout1_->forward(self_attn_->forward(x, x, x, tgt_masks));
+  };
+  auto mha_block = [&](const Variable& x) {
+    return dropout2_->forward(multihead_attn_->forward(x, memory, memory, memory_masks));
+  };
+  auto ff_block = [&](const Variable& x) { return dropout3_->forward(feed_forward(x)); };
+  Variable x = tgt;
+  if (config_.norm_first) {
+    x = autograd::add(x, sa_block(norm1_->forward(x)));
+    x = autograd::add(x, mha_block(norm2_->forward(x)));
+    x = autograd::add(x, ff_block(norm3_->forward(x)));
+  } else {
+    x = norm1_->forward(autograd::add(x, sa_block(x)));
+    x = norm2_->forward(autograd::add(x, mha_block(x)));
+    x = norm3_->forward(autograd::add(x, ff_block(x)));
+  }
+  return x;
+}
+
+// ---- stacks ------------------------------------------------------------------
+// torch deep-copies one layer num_layers times, so its layers start equal;
+// here each layer draws its own initialisation.
+
+TransformerEncoder::TransformerEncoder(const TransformerStackConfig& config, Generator& generator)
+    : config_(config) {
+  QKV_CHECK(config.num_layers >= 0, "TransformerEncoder: num_layers must be >= 0, got ",
+            config.num_layers);
+  for (int64_t i = 0; i < config.num_layers; ++i)
+    layers_.push_back(
+        register_module("layers." + std::to_string(i),
+                        std::make_shared<TransformerEncoderLayer>(config.layer, generator)));
+  if (config.norm)
+    norm_ =
+        register_module("norm", std::make_shared<LayerNorm>(norm_config(config.layer), generator));
+}
+
+Variable TransformerEncoder::forward(const Variable& src, const AttentionMasks& src_masks) {
+  check_sequence("TransformerEncoder", "src", src, config_.layer.d_model,
+                 config_.layer.batch_first);
+  Variable x = src;
+  for (const auto& layer : layers_) x = layer->forward(x, src_masks);
+  return norm_ ? norm_->forward(x) : x;
+}
+
+TransformerDecoder::TransformerDecoder(const TransformerStackConfig& config, Generator& generator)
+    : config_(config) {
+  QKV_CHECK(config.num_layers >= 0, "TransformerDecoder: num_layers must be >= 0, got ",
+            config.num_layers);
+  for (int64_t i = 0; i < config.num_layers; ++i)
+    layers_.push_back(
+        register_module("layers." + std::to_string(i),
+                        std::make_shared<TransformerDecoderLayer>(config.layer, generator)));
+  if (config.norm)
+    norm_ =
+        register_module("norm", std::make_shared<LayerNorm>(norm_config(config.layer), generator));
+}
+
+Variable TransformerDecoder::forward(const Variable& tgt, const Variable& memory,
+                                     const AttentionMasks& tgt_masks,
+                                     const AttentionMasks& memory_masks) {
+  check_sequence("TransformerDecoder", "tgt", tgt, config_.layer.d_model,
+                 config_.layer.batch_first);
+  Variable x = tgt;
+  for (const auto& layer : layers_) x = layer->forward(x, memory, tgt_masks, memory_masks);
+  return norm_ ? norm_->forward(x) : x;
+}
+
+// ---- Transformer -------------------------------------------------------------
+
+Transformer::Transformer(const TransformerConfig& config, Generator& generator) : config_(config) {
+  const TransformerLayerConfig layer{.d_model = config.d_model,
+                                     .nhead = config.nhead,
+                                     .dim_feedforward = config.dim_feedforward,
+                                     .dropout = config.dropout,
+                                     .activation = config.activation,
+                                     .layer_norm_eps = config.layer_norm_eps,
+                                     .batch_first = config.batch_first,
+                                     .norm_first = config.norm_first,
+                                     .bias = config.bias};
+  encoder_ = register_module(
+      "encoder", std::make_shared<TransformerEncoder>(
+                     TransformerStackConfig{layer, config.num_encoder_layers, true}, generator));
+  decoder_ = register_module(
+      "decoder", std::make_shared<TransformerDecoder>(
+                     TransformerStackConfig{layer, config.num_decoder_layers, true}, generator));
+  // torch.nn.Transformer._reset_parameters.
+  for (const auto& [name, p] : named_parameters())
+    if (p.dim() > 1) {
+      Tensor t = p.value();
+      t.copy_(detail::uniform(t.shape(), detail::xavier_bound(t.shape()), generator));
+    }
+}
+
+Variable Transformer::forward(const Variable& src, const Variable& tgt,
+                              const TransformerMasks& masks) {
+  const char* op = "Transformer";
+  const bool bf = config_.batch_first;
+  check_sequence(op, "src", src, config_.d_model, bf);
+  check_sequence(op, "tgt", tgt, config_.d_model, bf);
+  const int bdim = bf ? 0 : 1;
+  QKV_CHECK(src.size(bdim) == tgt.size(bdim), op, ": src ", shape_string(src.shape()), " and tgt ",
+            shape_string(tgt.shape()), " disagree on the batch size (dim ", bdim, ")");
+  const Variable memory =
+      encoder_->forward(src, {masks.src_mask, masks.src_key_padding_mask, masks.src_is_causal});
+  return decoder_->forward(
+      tgt, memory, {masks.tgt_mask, masks.tgt_key_padding_mask, masks.tgt_is_causal},
+      {masks.memory_mask, masks.memory_key_padding_mask, masks.memory_is_causal});
+}
+
+}  // namespace qkv::nn
