@@ -67,6 +67,10 @@ TrainingState read_training_state(const std::string& path);
 // The module's state_dict() alone, under its PyTorch names, atomically.
 void save_model(const std::string& path, const nn::Module& model,
                 const std::map<std::string, std::string>& metadata = {{"format", "pt"}});
+// The weights a safetensors file holds, by name (zero-copy views): every
+// tensor of a weights-only file, the "model." entries of a checkpoint
+// (without the prefix).
+std::map<std::string, Tensor> load_weights(const std::string& path);
 // Strict load of weights saved by save_model or by PyTorch (safetensors),
 // any float dtype converted; errors name the file and the lists of names.
 // A qkv checkpoint is accepted too (its "model." entries are used).

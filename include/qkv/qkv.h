@@ -3,6 +3,7 @@
 
 #include "qkv/attention.h"
 #include "qkv/autograd.h"
+#include "qkv/checkpoint.h"
 #include "qkv/dtype.h"
 #include "qkv/embeddings.h"
 #include "qkv/error.h"
@@ -19,5 +20,7 @@
 #include "qkv/scoring.h"
 #include "qkv/sparse_masks.h"
 #include "qkv/tensor.h"
+#include "qkv/text_vectors.h"
 #include "qkv/threads.h"
+#include "qkv/trainer.h"
 #include "qkv/version.h"

@@ -49,6 +49,7 @@ void bind_train(nb::module_& m);
 void bind_embeddings(nb::module_& m);
 void bind_linear_attention(nb::module_& m);
 void bind_autograd(nb::module_& m);
+void bind_checkpoint(nb::module_& m);
 void bind_layers(nb::module_& m);
 
 }  // namespace qkv::python

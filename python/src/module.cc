@@ -33,5 +33,6 @@ NB_MODULE(_qkv, m) {
   qkv::python::bind_embeddings(m);
   qkv::python::bind_linear_attention(m);
   qkv::python::bind_autograd(m);
+  qkv::python::bind_checkpoint(m);
   qkv::python::bind_layers(m);
 }

@@ -21,17 +21,6 @@ namespace {
 // At most this many characters of a token are quoted in an error.
 constexpr size_t kQuoteChars = 40;
 
-std::string quote(std::string_view s) {
-  std::string out = "'";
-  for (char c : s.substr(0, kQuoteChars)) {
-    const auto u = static_cast<unsigned char>(c);
-    out += u < 0x20 || u == 0x7f
-               ? detail::str("\\x", "0123456789abcdef"[u >> 4], "0123456789abcdef"[u & 15])
-               : std::string(1, c);
-  }
-  return out + (s.size() > kQuoteChars ? "...'" : "'");
-}
-
 // RFC 3629: no overlong forms, no surrogates, nothing above U+10FFFF.
 bool valid_utf8(std::string_view s) {
   size_t i = 0;
@@ -62,6 +51,23 @@ bool valid_utf8(std::string_view s) {
     i += n + 1;
   }
   return true;
+}
+
+// A token for an error message: control bytes escaped, and every byte from
+// 0x80 up as well when the (possibly cut) text is not valid UTF-8, so the
+// message itself always is.
+std::string quote(std::string_view s) {
+  const std::string_view shown = s.substr(0, kQuoteChars);
+  const bool escape_high = !valid_utf8(shown);
+  std::string out = "'";
+  for (char c : shown) {
+    const auto u = static_cast<unsigned char>(c);
+    if (u < 0x20 || u == 0x7f || (escape_high && u >= 0x80))
+      out += detail::str("\\x", "0123456789abcdef"[u >> 4], "0123456789abcdef"[u & 15]);
+    else
+      out += c;
+  }
+  return out + (s.size() > kQuoteChars ? "...'" : "'");
 }
 
 bool parse_count(std::string_view s, int64_t& out) {

@@ -226,9 +226,13 @@ void save_model(const std::string& path, const nn::Module& model,
   safetensors::save(path, model.state_dict(), metadata);
 }
 
-void load_model(const std::string& path, nn::Module& model) {
+std::map<std::string, Tensor> load_weights(const std::string& path) {
   const safetensors::File file = safetensors::File::open(path);
-  load_into(model, model_entries(file, is_checkpoint(file)), "load_model", path);
+  return model_entries(file, is_checkpoint(file));
+}
+
+void load_model(const std::string& path, nn::Module& model) {
+  load_into(model, load_weights(path), "load_model", path);
 }
 
 }  // namespace qkv

@@ -122,7 +122,7 @@ TEST(TextVectors, MalformedInputsNameTheLineAndTheProblem) {
       {"a 1 2\n" + std::string(100, 'x') + " 1 2\n",
        {.max_line_bytes = 64},
        {"line 2", "more than max_line_bytes (64)"}},
-      {"\xff\xfe 1 2\n", {}, {"line 1", "not valid UTF-8"}},
+      {"\xff\xfe 1 2\n", {}, {"line 1", "'\\xff\\xfe' is not valid UTF-8"}},
       {"a\xC3 1 2\n", {}, {"not valid UTF-8"}},
       {"\xED\xA0\x80 1 2\n", {}, {"not valid UTF-8"}},  // a surrogate
       {"a 1 2\nb 1 2\x01\n", {}, {"line 2", "'2\\x01'"}},
