@@ -22,6 +22,8 @@
 #include <functional>
 #include <map>
 #include <string>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "qkv/autograd.h"
@@ -45,9 +47,12 @@ struct Schedule {
   Schedule() : Schedule(constant()) {}
   Schedule(ScheduleSpec s, std::function<double(int64_t)> m)
       : spec(std::move(s)), multiplier(std::move(m)) {}
-  // Any function, recorded as "custom" (a checkpoint cannot rebuild it).
-  Schedule(std::function<double(int64_t)> m)  // NOLINT(google-explicit-constructor)
-      : Schedule(ScheduleSpec{"custom", {}}, std::move(m)) {}
+  // Any function of the step (a lambda too), recorded as "custom" (a
+  // checkpoint cannot rebuild it).
+  template <class F>
+  requires(std::is_invocable_r_v<double, F, int64_t> && !std::is_same_v<std::decay_t<F>, Schedule>)
+      Schedule(F m)  // NOLINT(google-explicit-constructor)
+      : Schedule(ScheduleSpec{"custom", {}}, std::function<double(int64_t)>(std::move(m))) {}
 
   static Schedule constant();
   static Schedule transformer(int64_t d_model, int64_t warmup_steps, double factor = 1.0);

@@ -587,6 +587,11 @@ TEST(Trainer, RejectsBadOptionsAndForeignOptimizers) {
   EXPECT_THROW(Trainer(run.model, run.optimizer, 1e-3, {}, {.grad_accumulation_steps = 0}), Error);
   EXPECT_THROW(Trainer(run.model, run.optimizer, -1.0), Error);
   EXPECT_THROW(run.trainer.track_generator("data", g), Error);
+  // A lambda is a schedule ("custom"); its multiplier sets the lr.
+  Trainer custom(run.model, run.optimizer, 0.5, [](int64_t step) { return 1.0 / (2.0 + step); });
+  EXPECT_EQ(custom.schedule().spec.name, "custom");
+  custom.step([&] { return run.micro_batch_loss(); });
+  EXPECT_EQ(run.optimizer.lr(), 0.25);
   ExpectContains(ErrorOf([&] { run.trainer.step([&] { return Variable(Tensor::zeros({2})); }); }),
                  {"expected a scalar"});
 }
