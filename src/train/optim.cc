@@ -3,24 +3,28 @@
 // Each update mirrors torch's single-tensor code one tensor operation at a
 // time, in f32: `a.add(b, alpha=s)` and `a.lerp(b, w)` are fused
 // multiply-adds in torch's vectorised CPU kernels (vec::fmadd), so they are
-// std::fma here; mul_, addcmul_, addcdiv_, sqrt and division round after
-// each operation, as torch's kernels do. Python-side scalars (1 - beta1,
+// fmas here; mul_, addcmul_, addcdiv_, sqrt and division round after each
+// operation, as torch's kernels do. Python-side scalars (1 - beta1,
 // lr / bias_correction1, ...) are computed in double and rounded to f32
-// where torch passes them to an f32 kernel.
+// where torch passes them to an f32 kernel. The per-element loops are the
+// Highway kernels of kernels/cpu/optim.h, run over chunks of each tensor on
+// the thread team; on CPUs with fma (AVX2, AVX-512) they give the bits of
+// their scalar twins (the plain std::fma loops), and only CPUs without fma
+// (SSE4 and older) round the fused steps twice.
 //
 // One operation cannot be matched bit for bit: torch's f32 sqrt on x86 goes
 // through MKL's vector math, which is within 1 ulp but not correctly rounded
-// (std::sqrt is), so Adam's parameters can differ from torch's by an ulp or
+// (ours is), so Adam's parameters can differ from torch's by an ulp or
 // two where that sqrt rounds the other way; SGD matches exactly.
 #include "qkv/optim.h"
 
 #include <algorithm>
 #include <cmath>
-#include <limits>
 #include <set>
 #include <utility>
 
 #include "core/parallel.h"
+#include "kernels/cpu/optim.h"
 
 namespace qkv {
 namespace {
@@ -180,29 +184,24 @@ std::vector<std::string> SGD::state_fields() const {
 void SGD::update(size_t index, const Tensor& grad) {
   // torch/optim/sgd.py, _single_tensor_sgd.
   const SgdOptions& o = options_;
+  kernels::SgdStep k;
+  k.decay = o.weight_decay != 0.0;
+  k.weight_decay = static_cast<float>(o.weight_decay);
+  k.momentum = static_cast<float>(o.momentum);
+  k.keep = static_cast<float>(1.0 - o.dampening);
+  k.neg_lr = static_cast<float>(-lr_);
+  k.nesterov = o.nesterov;
+  k.maximize = o.maximize;
+  const bool momentum = o.momentum != 0.0;
   float* p = parameters_[index].value.data<float>();
   const float* g = grad.data<float>();
-  const int64_t n = grad.numel();
-  const bool decay = o.weight_decay != 0.0, momentum = o.momentum != 0.0;
-  const float wd = static_cast<float>(o.weight_decay);
-  const float mom = static_cast<float>(o.momentum);
-  const float keep = static_cast<float>(1.0 - o.dampening);
-  const float neg_lr = static_cast<float>(-lr_);
   std::map<std::string, Tensor>& state = state_[index];
-  const bool first = momentum && !state.count("momentum_buffer");
-  if (first) state["momentum_buffer"] = Tensor::empty(grad.shape(), DType::f32);
+  k.first = momentum && !state.count("momentum_buffer");
+  if (k.first) state["momentum_buffer"] = Tensor::empty(grad.shape(), DType::f32);
   float* buf = momentum ? state["momentum_buffer"].data<float>() : nullptr;
-  for_elements(n, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      float d = o.maximize ? -g[i] : g[i];
-      if (decay) d = std::fma(p[i], wd, d);  // grad.add(param, alpha=weight_decay)
-      if (momentum) {
-        // buf = grad.clone(), or buf.mul_(momentum).add_(grad, alpha=1 - dampening)
-        buf[i] = first ? d : std::fma(d, keep, buf[i] * mom);
-        d = o.nesterov ? std::fma(buf[i], mom, d) : buf[i];  // grad.add(buf, alpha=momentum)
-      }
-      p[i] = std::fma(d, neg_lr, p[i]);  // param.add_(grad, alpha=-lr)
-    }
+  for_elements(grad.numel(), [&](int64_t begin, int64_t end) {
+    kernels::SgdUpdate(p + begin, g + begin, buf ? buf + begin : nullptr,
+                       static_cast<size_t>(end - begin), k);
   });
 }
 
@@ -251,16 +250,18 @@ void Adam::update(size_t index, const Tensor& grad) {
   const double step_size = lr_ / bias_correction1;
   const double bias_correction2_sqrt = std::pow(bias_correction2, 0.5);  // Python's ** 0.5
 
-  const bool decay = o.weight_decay != 0.0;
-  const float wd = static_cast<float>(o.weight_decay);
-  const float shrink = static_cast<float>(1.0 - lr_ * o.weight_decay);
-  const float w1 = static_cast<float>(1.0 - o.beta1);  // lerp weight
-  const bool small_w1 = std::abs(w1) < 0.5f;
-  const float beta2 = static_cast<float>(o.beta2);
-  const float w2 = static_cast<float>(1.0 - o.beta2);
-  const float bc2_sqrt = static_cast<float>(bias_correction2_sqrt);
-  const float eps = static_cast<float>(o.eps);
-  const float neg_step_size = static_cast<float>(-step_size);
+  kernels::AdamStep k;
+  k.decay = o.weight_decay != 0.0;
+  k.decoupled = decoupled_;
+  k.maximize = o.maximize;
+  k.weight_decay = static_cast<float>(o.weight_decay);
+  k.shrink = static_cast<float>(1.0 - lr_ * o.weight_decay);
+  k.w1 = static_cast<float>(1.0 - o.beta1);  // lerp weight
+  k.beta2 = static_cast<float>(o.beta2);
+  k.w2 = static_cast<float>(1.0 - o.beta2);
+  k.bc2_sqrt = static_cast<float>(bias_correction2_sqrt);
+  k.eps = static_cast<float>(o.eps);
+  k.neg_step_size = static_cast<float>(-step_size);
 
   float* p = parameters_[index].value.data<float>();
   const float* g = grad.data<float>();
@@ -268,34 +269,8 @@ void Adam::update(size_t index, const Tensor& grad) {
   float* v = state["exp_avg_sq"].data<float>();
   float* vmax = o.amsgrad ? state["max_exp_avg_sq"].data<float>() : nullptr;
   for_elements(grad.numel(), [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      float d = o.maximize ? -g[i] : g[i];
-      if (decay) {
-        if (decoupled_) {
-          p[i] *= shrink;  // param.mul_(1 - lr * weight_decay)
-        } else {
-          d = std::fma(p[i], wd, d);  // grad.add(param, alpha=weight_decay)
-        }
-      }
-      // exp_avg.lerp_(grad, 1 - beta1), as torch's lerp_vec: two fmas
-      // chosen by the weight's size for accuracy near both ends.
-      const float diff = d - m[i];
-      m[i] = small_w1 ? std::fma(w1, diff, m[i]) : std::fma(w1 - 1.0f, diff, d);
-      // exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2); torch's
-      // vectorised addcmul (self + value * t1 * t2) compiles to one fma.
-      v[i] = std::fma(w2 * d, d, v[i] * beta2);
-      float second = v[i];
-      if (vmax) {  // torch.maximum(max_exp_avg_sq, exp_avg_sq, out=max_exp_avg_sq)
-        vmax[i] = std::isnan(vmax[i]) || std::isnan(second)
-                      ? std::numeric_limits<float>::quiet_NaN()
-                      : std::max(vmax[i], second);
-        second = vmax[i];
-      }
-      // denom = (sqrt(v) / bias_correction2_sqrt).add_(eps);
-      // param.addcdiv_(exp_avg, denom, value=-step_size)
-      const float denom = std::sqrt(second) / bc2_sqrt + eps;
-      p[i] = p[i] + neg_step_size * m[i] / denom;
-    }
+    kernels::AdamUpdate(p + begin, g + begin, m + begin, v + begin, vmax ? vmax + begin : nullptr,
+                        static_cast<size_t>(end - begin), k);
   });
 }
 
