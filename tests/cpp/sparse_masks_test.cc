@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "qkv/qkv.h"
+#include "support/sanitizers.h"
 
 namespace qkv {
 namespace {
@@ -171,6 +172,7 @@ void check_block(const Named& m, const std::vector<uint8_t>& dense, int64_t lk,
 TEST(SparseMasks, AllowedFollowsTheDefinitionsAndBlocksAreExact) {
   const int64_t B = 2, H = 2;
   for (auto [lq, lk] : {std::pair<int64_t, int64_t>{300, 300}, {211, 333}, {333, 97}, {1, 50}}) {
+    if (qkv::test_support::kSanitized && lq == 300) continue;  // the odd sizes suffice there
     for (const Named& m : masks(std::max(lq, lk))) {
       m.mask->check(B, H, lq, lk);
       Generator gen(static_cast<uint64_t>(lq * 1000 + lk));
@@ -329,8 +331,9 @@ TEST(SparseMasks, FusedAttentionEqualsTheDenseMask) {
       ++cases;
       if (::testing::Test::HasFatalFailure()) return;
     }
-  // L = 1000 and bf16 inputs: one parameter set of each family.
-  for (const DType dtype : {DType::f32, DType::bf16})
+  // L = 1000 and bf16 inputs: one parameter set of each family (release run only).
+  for (const DType dtype : {DType::f32, DType::bf16}) {
+    if (qkv::test_support::kSanitized) break;
     for (const Named& m : masks(1000)) {
       const bool first_of_family = m.name.find("(4,4,3)") != std::string::npos ||
                                    m.name.find("(16,2,true)") != std::string::npos ||
@@ -344,8 +347,9 @@ TEST(SparseMasks, FusedAttentionEqualsTheDenseMask) {
       ++cases;
       if (::testing::Test::HasFatalFailure()) return;
     }
+  }
   EXPECT_GT(empty_rows, 0) << "no case had a query row with nothing visible";
-  EXPECT_GT(cases, 150);
+  EXPECT_GT(cases, qkv::test_support::kSanitized ? 100 : 150);
 }
 
 // ---- skipped blocks ----------------------------------------------------------------
