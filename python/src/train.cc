@@ -2,7 +2,8 @@
 // qkv/optim.h. Reductions are named by string, as in torch.nn.functional;
 // an upstream gradient may be a float or a tensor. Optimizers take their
 // parameters as a dict name -> Tensor (NumPy float32 arrays are wrapped
-// without a copy, so they are updated in place too).
+// without a copy, so they are updated in place too) or as a module's
+// named_parameters() (those that require a gradient).
 #include <nanobind/stl/map.h>
 #include <nanobind/stl/pair.h>
 #include <nanobind/stl/string.h>
@@ -17,6 +18,7 @@
 #include <vector>
 
 #include "bindings.h"
+#include "qkv/autograd.h"
 #include "qkv/error.h"
 #include "qkv/losses.h"
 #include "qkv/optim.h"
@@ -27,6 +29,8 @@ namespace {
 using Release = nb::call_guard<nb::gil_scoped_release>;
 using Upstream = std::variant<double, Tensor>;
 using TensorDict = std::map<std::string, Tensor>;
+// A dict name -> Tensor, or (name, Variable) pairs as nn.Module.named_parameters() gives.
+using Params = std::variant<TensorDict, std::vector<std::pair<std::string, autograd::Variable>>>;
 
 Reduction parse_reduction(const std::string& name) {
   if (name == "none") return Reduction::none;
@@ -47,9 +51,15 @@ CrossEntropyOptions ce_options(int64_t ignore_index, double label_smoothing,
   return CrossEntropyOptions{ignore_index, label_smoothing, parse_reduction(reduction)};
 }
 
-std::vector<NamedParameter> named(const TensorDict& params) {
+std::vector<NamedParameter> named(const Params& params) {
   std::vector<NamedParameter> out;
-  for (const auto& [name, value] : params) out.push_back({name, value, Tensor()});
+  if (const TensorDict* dict = std::get_if<TensorDict>(&params)) {
+    for (const auto& [name, value] : *dict) out.push_back({name, value, Tensor()});
+    return out;
+  }
+  for (const auto& [name, variable] :
+       std::get<std::vector<std::pair<std::string, autograd::Variable>>>(params))
+    if (variable.requires_grad()) out.push_back({name, variable.value(), Tensor()});
   return out;
 }
 
@@ -153,7 +163,7 @@ void bind_train(nb::module_& m) {
   nb::class_<SGD, Optimizer>(m, "SGD", "torch.optim.SGD's update (single-tensor path).")
       .def(
           "__init__",
-          [](SGD* self, const TensorDict& params, double lr, double momentum, double dampening,
+          [](SGD* self, const Params& params, double lr, double momentum, double dampening,
              bool nesterov, double weight_decay, bool maximize) {
             new (self) SGD(named(params),
                            SgdOptions{lr, momentum, dampening, nesterov, weight_decay, maximize});
@@ -162,7 +172,7 @@ void bind_train(nb::module_& m) {
           nb::arg("dampening") = 0.0, nb::arg("nesterov") = false, nb::arg("weight_decay") = 0.0,
           nb::arg("maximize") = false);
 
-  const auto adam_init = [](auto* self, const TensorDict& params, double lr,
+  const auto adam_init = [](auto* self, const Params& params, double lr,
                             std::pair<double, double> betas, double eps, double weight_decay,
                             bool amsgrad, bool maximize) {
     using Class = std::remove_pointer_t<decltype(self)>;
@@ -172,9 +182,8 @@ void bind_train(nb::module_& m) {
   nb::class_<Adam, Optimizer>(m, "Adam", "torch.optim.Adam's update (single-tensor path).")
       .def(
           "__init__",
-          [adam_init](Adam* self, const TensorDict& params, double lr,
-                      std::pair<double, double> betas, double eps, double weight_decay,
-                      bool amsgrad, bool maximize) {
+          [adam_init](Adam* self, const Params& params, double lr, std::pair<double, double> betas,
+                      double eps, double weight_decay, bool amsgrad, bool maximize) {
             adam_init(self, params, lr, betas, eps, weight_decay, amsgrad, maximize);
           },
           nb::arg("params"), nb::arg("lr") = 1e-3,
@@ -183,9 +192,8 @@ void bind_train(nb::module_& m) {
   nb::class_<AdamW, Adam>(m, "AdamW", "torch.optim.AdamW's update (decoupled weight decay).")
       .def(
           "__init__",
-          [adam_init](AdamW* self, const TensorDict& params, double lr,
-                      std::pair<double, double> betas, double eps, double weight_decay,
-                      bool amsgrad, bool maximize) {
+          [adam_init](AdamW* self, const Params& params, double lr, std::pair<double, double> betas,
+                      double eps, double weight_decay, bool amsgrad, bool maximize) {
             adam_init(self, params, lr, betas, eps, weight_decay, amsgrad, maximize);
           },
           nb::arg("params"), nb::arg("lr") = 1e-3,
