@@ -30,6 +30,28 @@ void accumulate(Tensor& grad, const Tensor& g) {
   grad = grad.defined() ? add(grad, g32) : g32.clone();
 }
 
+// The same for a leaf's gradient handed over by the tape: a first gradient
+// that nothing else references (a fresh, contiguous f32 result of the op's
+// backward) is kept as it is instead of copied.
+void accumulate_owned(Tensor& grad, Tensor&& g) {
+  const bool owned = g.dtype() == DType::f32 && g.is_contiguous() && g.storage() != nullptr &&
+                     g.storage().use_count() == 1 && g.offset() == 0 &&
+                     g.nbytes() == g.storage()->nbytes();
+  if (!grad.defined() && owned) {
+    grad = std::move(g);
+    return;
+  }
+  accumulate(grad, g);
+}
+
+// The gradient flowing into a node: it only reaches that node's backward,
+// which reads it, and sums never write into their operands, so a first
+// gradient is kept without a copy (it may alias another node's).
+void accumulate_internal(Tensor& grad, const Tensor& g) {
+  const Tensor g32 = g.to(DType::f32);
+  grad = grad.defined() ? add(grad, g32) : g32;
+}
+
 const detail::VariableImpl& checked(const std::shared_ptr<detail::VariableImpl>& impl,
                                     const char* what) {
   QKV_CHECK(impl != nullptr, "Variable::", what, ": the variable is undefined");
@@ -187,9 +209,9 @@ struct Tape {
         QKV_CHECK(g.shape() == e.shape, "backward of ", n->name_, ": gradient ", i, " has shape ",
                   shape_string(g.shape()), "; the input has ", shape_string(e.shape));
         if (e.leaf) {
-          accumulate(e.leaf->grad, g);
+          accumulate_owned(e.leaf->grad, std::move(g));
         } else {
-          accumulate(grads[e.node.get()], g);
+          accumulate_internal(grads[e.node.get()], g);
           if (--pending[e.node.get()] == 0) ready.push_back(e.node.get());
         }
       }
