@@ -1,9 +1,11 @@
 // Ops on Variables: each forward beside its backward. A backward captures
 // only the tensors its formula reads.
+#include <algorithm>
 #include <numeric>
 #include <utility>
 #include <vector>
 
+#include "core/parallel.h"
 #include "qkv/autograd.h"
 
 namespace qkv::autograd {
@@ -28,6 +30,52 @@ Variable autocast(const Variable& x) {
 // g in the dtype of the operand it multiplies (bf16 products under autocast).
 Tensor like(const Tensor& g, const Tensor& operand) {
   return g.to(operand.dtype());
+}
+
+// y[r, :] += bias for the fresh contiguous f32 [rows, n] product of a linear:
+// one pass in place, the same single rounding as add(y, bias).
+void add_bias_rows(Tensor& y, const Tensor& bias) {
+  const Tensor b = bias.to(DType::f32).contiguous();
+  const int64_t rows = y.size(0), n = y.size(1);
+  float* out = y.data<float>();
+  const float* add = b.data<float>();
+  qkv::detail::parallel_for(0, rows,
+                            std::max<int64_t>(1, (int64_t{1} << 15) / std::max<int64_t>(n, 1)),
+                            [&](int64_t begin, int64_t end) {
+                              for (int64_t r = begin; r < end; ++r) {
+                                float* row = out + r * n;
+                                for (int64_t j = 0; j < n; ++j) row[j] += add[j];
+                              }
+                            });
+}
+
+// Column sums of a [rows, n] matrix (a linear's bias gradient) without
+// transposing it: rows added in blocks of 64 and the block sums added up (a
+// two-level sum, as accurate as torch's cascade sum here), columns split over
+// the threads, so the result does not depend on the thread count.
+Tensor column_sums(const Tensor& x) {
+  const Tensor c = x.to(DType::f32).contiguous();
+  const int64_t rows = c.size(0), n = c.size(1);
+  Tensor out = Tensor::empty({n}, DType::f32);
+  const float* src = c.data<float>();
+  float* dst = out.data<float>();
+  constexpr int64_t kBlock = 64, kCols = 64;
+  qkv::detail::parallel_for(0, (n + kCols - 1) / kCols, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t c0 = t * kCols, width = std::min(n, c0 + kCols) - c0;
+      float total[kCols] = {}, part[kCols];
+      for (int64_t r0 = 0; r0 < rows; r0 += kBlock) {
+        std::fill(part, part + kCols, 0.0f);
+        for (int64_t r = r0; r < std::min(rows, r0 + kBlock); ++r) {
+          const float* row = src + r * n + c0;
+          for (int64_t j = 0; j < width; ++j) part[j] += row[j];
+        }
+        for (int64_t j = 0; j < width; ++j) total[j] += part[j];
+      }
+      std::copy(total, total + width, dst + c0);
+    }
+  });
+  return out;
 }
 
 }  // namespace
@@ -120,17 +168,23 @@ Variable linear(const Variable& x_in, const Variable& weight_in, const Variable&
   out_shape.back() = out;
   const Tensor rows = xv.reshape({-1, in});
   Tensor y = qkv::matmul(rows, wv, {.transpose_b = true});
-  if (bias.defined()) y = qkv::add(y, bias.value());
+  if (bias.defined()) {
+    QKV_CHECK(bias.dim() == 1 && bias.size(0) == out, "linear: bias ", shape_string(bias.shape()),
+              " does not fit weight ", shape_string(wv.shape()), " (bias is [out])");
+    add_bias_rows(y, bias.value());
+  }
   const bool wants_w = needs_grad(weight), wants_b = needs_grad(bias);
   return record("linear", y.view(out_shape), {x, weight, bias},
                 [rows = wants_w ? rows : Tensor(), wv = needs_grad(x) ? wv : Tensor(), wants_b,
                  xs = xv.shape(), out](const Tensor& g) {
                   const Tensor g_rows = g.reshape({-1, out});
+                  // One copy of g in the products' dtype (bf16 under autocast) for both.
+                  const Tensor& operand = wv.defined() ? wv : rows;
+                  const Tensor g_mm = operand.defined() ? like(g_rows, operand) : Tensor();
                   Tensor dx, dw, db;
-                  if (wv.defined()) dx = qkv::matmul(like(g_rows, wv), wv).view(xs);
-                  if (rows.defined())
-                    dw = qkv::matmul(like(g_rows, rows), rows, {.transpose_a = true});
-                  if (wants_b) db = qkv::sum(g_rows, 0);
+                  if (wv.defined()) dx = qkv::matmul(g_mm, wv).view(xs);
+                  if (rows.defined()) dw = qkv::matmul(g_mm, rows, {.transpose_a = true});
+                  if (wants_b) db = column_sums(g_rows);
                   return std::vector<Tensor>{dx, dw, db};
                 });
 }
