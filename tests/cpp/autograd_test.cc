@@ -129,6 +129,27 @@ TEST(Autograd, OpsAgainstFiniteDifferences) {
       {a, randn({3, 5}, gen)});
   check_gradients([](const auto& v) { return sum(mul(mean(v[0], 1, true), v[1])); },
                   {a, randn({3, 1}, gen)});
+  // relu away from its kink (inputs shifted off 0 by more than the step).
+  check_gradients(
+      [](const auto& v) { return sum(mul(relu(v[0]), v[1])); },
+      {Tensor::from_values({-1.5, -0.4, 0.3, 2.0, 0.7, -2.2}, {2, 3}), randn({2, 3}, gen)});
+  check_gradients([](const auto& v) { return mse_loss(scale(v[0], 1.5), v[1]); },
+                  {a, randn({3, 5}, gen)});
+  const Tensor teacher = randn({3, 5}, gen);
+  check_gradients([&](const auto& v) { return kl_div_distillation(v[0], teacher, 2.0); }, {a});
+  check_gradients([](const auto& v) { return sum(mul(narrow(v[0], 1, 1, 3), select(v[1], 0, 2))); },
+                  {a, randn({4, 3, 3}, gen)});
+  check_gradients([](const auto& v) { return sum(mul(sum(v[0], 0), v[1])); }, {a, row});
+  check_gradients([](const auto& v) { return sum(mul(to(v[0], DType::f32), v[0])); }, {a});
+  {
+    // Dropout with a fixed generator state: the same mask in every evaluation.
+    check_gradients(
+        [](const auto& v) {
+          Generator g(42);
+          return sum(mul(dropout(v[0], 0.3, g), v[1]));
+        },
+        {a, randn({3, 5}, gen)});
+  }
   const Tensor targets = Tensor::from_values({1, 0, 4}, {3}, DType::i64);
   check_gradients(
       [&](const auto& v) { return cross_entropy(v[0], targets, {.label_smoothing = 0.1}); }, {a});
