@@ -18,6 +18,8 @@ from . import _qkv
 from ._qkv import (  # noqa: F401
     Adam,
     AdamW,
+    ByteLevelBPE,
+    CharTokenizer,
     LearnedPositionEmbedding,
     MaskMod,
     MultiheadAttention,

@@ -51,5 +51,6 @@ void bind_linear_attention(nb::module_& m);
 void bind_autograd(nb::module_& m);
 void bind_checkpoint(nb::module_& m);
 void bind_layers(nb::module_& m);
+void bind_text(nb::module_& m);
 
 }  // namespace qkv::python

@@ -35,4 +35,5 @@ NB_MODULE(_qkv, m) {
   qkv::python::bind_autograd(m);
   qkv::python::bind_checkpoint(m);
   qkv::python::bind_layers(m);
+  qkv::python::bind_text(m);
 }
