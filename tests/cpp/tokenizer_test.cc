@@ -8,6 +8,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -254,6 +255,39 @@ TEST(ByteLevelBPE, HostileFilesAreClearErrors) {
             std::string::npos);
   EXPECT_NE(ErrorOf([&] { ByteLevelBPE::load(dir.str() + "/nowhere"); }).find("cannot open"),
             std::string::npos);
+}
+
+// Random corruptions of valid files: a qkv::Error or a usable tokenizer, never
+// a crash or another exception (run under the sanitizers in CI).
+TEST(ByteLevelBPE, CorruptedFilesFailCleanly) {
+  TempDir dir;
+  const std::string vocab = HandVocab({"ll", "he", "hell", "hello", "\u0120w", "<|endoftext|>"});
+  const std::string merges = "#version: 0.2\nl l\nh e\nhe ll\nhell o\n\u0120 w\n";
+  std::mt19937 rng(7);
+  int loaded = 0, rejected = 0;
+  for (int trial = 0; trial < 400; ++trial) {
+    std::string v = vocab, m = merges;
+    std::string& target = trial % 2 ? v : m;
+    const int edits = 1 + static_cast<int>(rng() % 3);
+    for (int e = 0; e < edits && !target.empty(); ++e) {
+      const size_t at = rng() % target.size();
+      switch (rng() % 3) {
+        case 0: target[at] = static_cast<char>(rng() % 256); break;
+        case 1: target.erase(at, 1 + rng() % 8); break;
+        default: target.resize(at); break;
+      }
+    }
+    try {
+      const auto bpe = ByteLevelBPE::from_files(dir.file("v.json", v), dir.file("m.txt", m));
+      const std::string text = "hello world<|endoftext|>";
+      EXPECT_EQ(bpe.decode(bpe.encode(text)), text);
+      ++loaded;
+    } catch (const Error&) {
+      ++rejected;
+    }
+  }
+  EXPECT_GT(rejected, 0);
+  EXPECT_GT(loaded, 0);
 }
 
 }  // namespace

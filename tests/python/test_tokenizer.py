@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import random
 
 import pytest
 
@@ -35,9 +36,26 @@ def _import_or_skip(name: str):
         "tokenizer parity with it is not checked")
 
 
+# Characters the pattern treats differently: ASCII letters and digits, the
+# contraction letters, apostrophes, every kind of whitespace (\x1c and U+200B
+# are not White_Space), letters and numbers outside ASCII, combining marks,
+# emoji with skin-tone modifiers, joiners and variation selectors.
+_ALPHABET = [*"aZsStTdDmMlLrRvVeE09_'\"!?.,;-", " ", " ", " ", "\t", "\n", "\r", "\x0b",
+             "\x0c", "\x85", "\xa0", "\u1680", "\u2003", "\u2028", "\u202f", "\u3000", "\x1c",
+             "\u200b", "\u00e9", "\u0301", "\u0661", "\u00bd", "\u2167", "\u4e2d", "\u02b0",
+             "\U0001F600", "\U0001F3FD", "\u200d", "\ufe0f", "\U0001D7D8"]
+
+
+def _random_texts(count: int = 300, seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    return ["".join(rng.choice(_ALPHABET) for _ in range(rng.randrange(1, 40)))
+            for _ in range(count)]
+
+
 def _texts() -> list[str]:
     lines = CORPUS.splitlines(keepends=True)
-    return [CORPUS, *lines, "", " ", "   ", "\n\n\n", "  hello", "hello  ", "a  \n  b"]
+    return [CORPUS, *lines, "", " ", "   ", "\n\n\n", "  hello", "hello  ", "a  \n  b",
+            *_random_texts()]
 
 
 # ---- CharTokenizer ----
