@@ -240,7 +240,6 @@ class TransformerEncoderLayer : public Module {
   const char* type_name() const override { return "TransformerEncoderLayer"; }
 
  private:
-  autograd::Variable feed_forward(const autograd::Variable& x);
   TransformerLayerConfig config_;
   std::shared_ptr<Attention> self_attn_;
   std::shared_ptr<Linear> linear1_, linear2_;
@@ -259,7 +258,6 @@ class TransformerDecoderLayer : public Module {
   const char* type_name() const override { return "TransformerDecoderLayer"; }
 
  private:
-  autograd::Variable feed_forward(const autograd::Variable& x);
   TransformerLayerConfig config_;
   std::shared_ptr<Attention> self_attn_, multihead_attn_;
   std::shared_ptr<Linear> linear1_, linear2_;

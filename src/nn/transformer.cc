@@ -37,6 +37,15 @@ LayerNormConfig norm_config(const TransformerLayerConfig& c) {
   return {.dim = c.d_model, .eps = c.layer_norm_eps, .bias = c.bias};
 }
 
+// The self- and cross-attention of both layer kinds.
+AttentionConfig attention_config(const TransformerLayerConfig& c) {
+  return {.embed_dim = c.d_model,
+          .num_heads = c.nhead,
+          .dropout = c.dropout,
+          .bias = c.bias,
+          .batch_first = c.batch_first};
+}
+
 void check_layer_config(const char* op, const TransformerLayerConfig& c) {
   QKV_CHECK(c.activation == Activation::relu || c.activation == Activation::gelu, op,
             ": activation must be relu or gelu, got ", activation_name(c.activation));
@@ -46,6 +55,12 @@ void check_layer_config(const char* op, const TransformerLayerConfig& c) {
 
 Variable activate(Activation a, const Variable& x) {
   return a == Activation::gelu ? autograd::gelu(x) : autograd::relu(x);
+}
+
+// Both layers' position-wise feed-forward: linear2(dropout(activation(linear1(x)))).
+Variable feed_forward(Activation a, Linear& linear1, Dropout& dropout, Linear& linear2,
+                      const Variable& x) {
+  return linear2.forward(dropout.forward(activate(a, linear1.forward(x))));
 }
 
 // Batched inputs only: [B, L, E] or [L, B, E].
@@ -187,11 +202,7 @@ TransformerEncoderLayer::TransformerEncoderLayer(const TransformerLayerConfig& c
                                                  Generator& generator)
     : config_(config) {
   check_layer_config("TransformerEncoderLayer", config);
-  const AttentionConfig attention{.embed_dim = config.d_model,
-                                  .num_heads = config.nhead,
-                                  .dropout = config.dropout,
-                                  .bias = config.bias,
-                                  .batch_first = config.batch_first};
+  const AttentionConfig attention = attention_config(config);
   const DropoutConfig drop{config.dropout};
   self_attn_ = register_module("self_attn", std::make_shared<Attention>(attention, generator));
   linear1_ = register_module(
@@ -207,16 +218,14 @@ TransformerEncoderLayer::TransformerEncoderLayer(const TransformerLayerConfig& c
   dropout2_ = register_module("dropout2", std::make_shared<Dropout>(drop, generator));
 }
 
-Variable TransformerEncoderLayer::feed_forward(const Variable& x) {
-  return linear2_->forward(dropout_->forward(activate(config_.activation, linear1_->forward(x))));
-}
-
 Variable TransformerEncoderLayer::forward(const Variable& src, const AttentionMasks& src_masks) {
   check_sequence("TransformerEncoderLayer", "src", src, config_.d_model, config_.batch_first);
   auto sa_block = [&](const Variable& x) {
     return dropout1_->forward(self_attn_->forward(x, x, x, src_masks));
   };
-  auto ff_block = [&](const Variable& x) { return dropout2_->forward(feed_forward(x)); };
+  auto ff_block = [&](const Variable& x) {
+    return dropout2_->forward(feed_forward(config_.activation, *linear1_, *dropout_, *linear2_, x));
+  };
   Variable x = src;
   if (config_.norm_first) {
     x = autograd::add(x, sa_block(norm1_->forward(x)));
@@ -232,11 +241,7 @@ TransformerDecoderLayer::TransformerDecoderLayer(const TransformerLayerConfig& c
                                                  Generator& generator)
     : config_(config) {
   check_layer_config("TransformerDecoderLayer", config);
-  const AttentionConfig attention{.embed_dim = config.d_model,
-                                  .num_heads = config.nhead,
-                                  .dropout = config.dropout,
-                                  .bias = config.bias,
-                                  .batch_first = config.batch_first};
+  const AttentionConfig attention = attention_config(config);
   const DropoutConfig drop{config.dropout};
   self_attn_ = register_module("self_attn", std::make_shared<Attention>(attention, generator));
   multihead_attn_ =
@@ -256,10 +261,6 @@ TransformerDecoderLayer::TransformerDecoderLayer(const TransformerLayerConfig& c
   dropout3_ = register_module("dropout3", std::make_shared<Dropout>(drop, generator));
 }
 
-Variable TransformerDecoderLayer::feed_forward(const Variable& x) {
-  return linear2_->forward(dropout_->forward(activate(config_.activation, linear1_->forward(x))));
-}
-
 Variable TransformerDecoderLayer::forward(const Variable& tgt, const Variable& memory,
                                           const AttentionMasks& tgt_masks,
                                           const AttentionMasks& memory_masks) {
@@ -272,7 +273,9 @@ Variable TransformerDecoderLayer::forward(const Variable& tgt, const Variable& m
   auto mha_block = [&](const Variable& x) {
     return dropout2_->forward(multihead_attn_->forward(x, memory, memory, memory_masks));
   };
-  auto ff_block = [&](const Variable& x) { return dropout3_->forward(feed_forward(x)); };
+  auto ff_block = [&](const Variable& x) {
+    return dropout3_->forward(feed_forward(config_.activation, *linear1_, *dropout_, *linear2_, x));
+  };
   Variable x = tgt;
   if (config_.norm_first) {
     x = autograd::add(x, sa_block(norm1_->forward(x)));
