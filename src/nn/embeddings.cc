@@ -54,7 +54,7 @@ LearnedPositionEmbedding::LearnedPositionEmbedding(const LearnedPositionEmbeddin
 }
 
 void LearnedPositionEmbedding::load_state_dict(const std::map<std::string, Tensor>& state) {
-  detail::load_state_dict_strict("LearnedPositionEmbedding", parameters_, state);
+  detail::load_state_dict("LearnedPositionEmbedding", parameters_, state, /*strict=*/true);
 }
 
 Tensor LearnedPositionEmbedding::forward(int64_t length, int64_t offset) {
@@ -88,7 +88,7 @@ TokenTypeEmbedding::TokenTypeEmbedding(const TokenTypeEmbeddingConfig& config, G
 }
 
 void TokenTypeEmbedding::load_state_dict(const std::map<std::string, Tensor>& state) {
-  detail::load_state_dict_strict("TokenTypeEmbedding", parameters_, state);
+  detail::load_state_dict("TokenTypeEmbedding", parameters_, state, /*strict=*/true);
 }
 
 Tensor TokenTypeEmbedding::forward(const Tensor& token_type_ids) {
@@ -115,7 +115,7 @@ SegmentedPositionEncoding::SegmentedPositionEncoding(const SegmentedPositionEnco
 }
 
 void SegmentedPositionEncoding::load_state_dict(const std::map<std::string, Tensor>& state) {
-  detail::load_state_dict_strict("SegmentedPositionEncoding", parameters_, state);
+  detail::load_state_dict("SegmentedPositionEncoding", parameters_, state, /*strict=*/true);
 }
 
 Tensor SegmentedPositionEncoding::segment_ids(int64_t n) const {

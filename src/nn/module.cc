@@ -2,7 +2,8 @@
 #include "qkv/module.h"
 
 #include <set>
-#include <sstream>
+
+#include "nn/state_dict.h"
 
 namespace qkv::nn {
 
@@ -57,34 +58,7 @@ std::map<std::string, Tensor> Module::state_dict() const {
 
 Module::LoadResult Module::load_state_dict(const std::map<std::string, Tensor>& state,
                                            bool strict) {
-  const std::map<std::string, Tensor> own = state_dict();
-  LoadResult result;
-  std::ostringstream mismatched;
-  for (const auto& [name, t] : own) {
-    auto it = state.find(name);
-    if (it == state.end())
-      result.missing.push_back(name);
-    else if (it->second.shape() != t.shape())
-      mismatched << " " << name << " (checkpoint " << shape_string(it->second.shape()) << ", model "
-                 << shape_string(t.shape()) << ")";
-  }
-  for (const auto& [name, t] : state)
-    if (!own.count(name)) result.unexpected.push_back(name);
-  auto list = [](const std::vector<std::string>& names) {
-    std::string s;
-    for (const auto& n : names) s += " " + n;
-    return s.empty() ? std::string(" none") : s;
-  };
-  QKV_CHECK(mismatched.str().empty() &&
-                (!strict || (result.missing.empty() && result.unexpected.empty())),
-            type_name(), ".load_state_dict: missing keys:", list(result.missing),
-            "; unexpected keys:", list(result.unexpected),
-            "; size mismatch:", mismatched.str().empty() ? std::string(" none") : mismatched.str());
-  for (auto [name, t] : own) {
-    auto it = state.find(name);
-    if (it != state.end()) t.copy_(it->second);
-  }
-  return result;
+  return detail::load_state_dict(type_name(), state_dict(), state, strict);
 }
 
 void Module::train(bool on) {

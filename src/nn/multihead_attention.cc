@@ -2,8 +2,8 @@
 // (Vaswani et al. 2017, sec. 3.2.2), with the projections reshaped into head
 // views (no copies) for the fused attention, and an explicit backward.
 #include <cmath>
-#include <sstream>
 
+#include "nn/state_dict.h"
 #include "qkv/linear_attention.h"
 #include "qkv/matmul.h"
 #include "qkv/nn.h"
@@ -257,21 +257,7 @@ ShawPositions MultiHeadAttention::shaw_positions() const {
 }
 
 void MultiHeadAttention::load_state_dict(const std::map<std::string, Tensor>& state) {
-  std::ostringstream missing, unexpected, mismatched;
-  for (const auto& [name, t] : parameters_) {
-    auto it = state.find(name);
-    if (it == state.end())
-      missing << " " << name;
-    else if (it->second.shape() != t.shape())
-      mismatched << " " << name << " (" << shape_string(it->second.shape()) << " vs "
-                 << shape_string(t.shape()) << ")";
-  }
-  for (const auto& [name, t] : state)
-    if (!parameters_.count(name)) unexpected << " " << name;
-  QKV_CHECK(missing.str().empty() && unexpected.str().empty() && mismatched.str().empty(),
-            "MultiHeadAttention.load_state_dict: missing keys:", missing.str(),
-            "; unexpected keys:", unexpected.str(), "; size mismatch:", mismatched.str());
-  for (auto& [name, t] : parameters_) t.copy_(state.at(name));
+  detail::load_state_dict("MultiHeadAttention", parameters_, state, /*strict=*/true);
 }
 
 MultiHeadAttentionOutput MultiHeadAttention::forward(const MultiHeadAttentionInputs& in) {

@@ -1,17 +1,23 @@
-// The strict state_dict load every nn module shares. Internal to the library.
+// The state_dict load every nn module shares (torch's load_state_dict).
+// Internal to the library.
 #pragma once
 
 #include <map>
 #include <string>
 
+#include "qkv/module.h"
 #include "qkv/tensor.h"
 
 namespace qkv::nn::detail {
 
-// Copies state into parameters (any dtype converts); the names and shapes
-// must match exactly, else qkv::Error naming `module`, the missing and
-// unexpected keys and each mismatched shape (given vs expected).
-void load_state_dict_strict(const char* module, std::map<std::string, Tensor>& parameters,
-                            const std::map<std::string, Tensor>& state);
+// Copies `state` into `parameters` (tensors that share storage with a
+// module's parameters; any dtype converts). A name both have with another
+// shape (or an undefined tensor) is always an error; with `strict`, so is a
+// missing or unexpected name. The error names `module` and lists the missing
+// keys, the unexpected keys and each size mismatch (checkpoint vs model).
+// Nothing is copied when it throws.
+Module::LoadResult load_state_dict(const char* module,
+                                   const std::map<std::string, Tensor>& parameters,
+                                   const std::map<std::string, Tensor>& state, bool strict);
 
 }  // namespace qkv::nn::detail

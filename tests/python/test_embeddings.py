@@ -186,7 +186,7 @@ def test_module_errors_name_the_values():
     with pytest.raises(qkv.QkvError, match=r"\[5, 8\].*\[4, 8\]"):
         pos.backward(_q(torch.zeros(4, 8)))
     with pytest.raises(qkv.QkvError,
-                       match=r"LearnedPositionEmbedding.load_state_dict.*weight \(\[16, 9\] vs \[16, 8\]\)"):
+                       match=r"LearnedPositionEmbedding.load_state_dict.*weight \(checkpoint \[16, 9\], model \[16, 8\]\)"):
         pos.load_state_dict({"weight": _q(torch.zeros(16, 9))})
     with pytest.raises(qkv.QkvError, match=r"missing keys: weight; unexpected keys: bias"):
         pos.load_state_dict({"bias": _q(torch.zeros(8))})
