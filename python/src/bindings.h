@@ -52,5 +52,8 @@ void bind_autograd(nb::module_& m);
 void bind_checkpoint(nb::module_& m);
 void bind_layers(nb::module_& m);
 void bind_text(nb::module_& m);
+void bind_gpt(nb::module_& m);
+void bind_viz(nb::module_& m);
+void bind_bert(nb::module_& m);
 
 }  // namespace qkv::python

@@ -36,4 +36,7 @@ NB_MODULE(_qkv, m) {
   qkv::python::bind_checkpoint(m);
   qkv::python::bind_layers(m);
   qkv::python::bind_text(m);
+  qkv::python::bind_gpt(m);
+  qkv::python::bind_viz(m);
+  qkv::python::bind_bert(m);
 }
