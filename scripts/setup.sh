@@ -10,6 +10,7 @@ apt_packages=(
   libdnnl-dev libhwy-dev nlohmann-json3-dev libcli11-dev libutf8proc-dev libstb-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   clang libclang-rt-14-dev
+  chromium
   python3 python3-venv python3-dev python3-pip
 )
 missing=()
@@ -35,7 +36,7 @@ if [[ ! -x .venv/bin/python ]]; then
   echo "setup: creating .venv"
   python3 -m venv .venv
 fi
-py_packages=(numpy pytest scikit-build-core nanobind safetensors tokenizers tiktoken regex torch==2.13.0)
+py_packages=(numpy pytest scikit-build-core nanobind safetensors tokenizers tiktoken regex torch==2.13.0 ipython)
 if ! .venv/bin/python - "${py_packages[@]}" <<'PY' 2>/dev/null; then
 import sys
 from importlib.metadata import version
@@ -47,5 +48,11 @@ for spec in sys.argv[1:]:
 PY
   echo "setup: installing Python packages: ${py_packages[*]}"
   .venv/bin/python -m pip install -q --disable-pip-version-check "${py_packages[@]}"
+fi
+# bertviz without its dependencies (transformers, boto3, sentencepiece): the
+# attention-JSON test only calls head_view, which needs torch and IPython.
+if ! .venv/bin/python -c "import bertviz" 2>/dev/null; then
+  echo "setup: installing bertviz (--no-deps)"
+  .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps bertviz
 fi
 echo "setup: ready"
