@@ -1,4 +1,5 @@
 #include "io/file.h"
+#include "qkv/file.h"
 
 #include <fcntl.h>
 #include <sys/mman.h>
@@ -118,3 +119,12 @@ void write_file_atomically(const std::string& path, std::span<const uint8_t> byt
 }
 
 }  // namespace qkv::io
+
+namespace qkv {
+
+void write_file_atomically(const std::string& path, std::string_view bytes) {
+  io::write_file_atomically(
+      path, std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size()));
+}
+
+}  // namespace qkv
