@@ -29,6 +29,7 @@
 #include "qkv/losses.h"
 #include "qkv/matmul.h"
 #include "qkv/ops.h"
+#include "qkv/positions.h"
 #include "qkv/tensor.h"
 
 namespace qkv::autograd {
@@ -201,6 +202,10 @@ Variable mean(const Variable& x, int64_t dim, bool keepdim = false);
 // The fused attention (forward with its log-sum-exp, fused backward).
 Variable attention(const Variable& q, const Variable& k, const Variable& v,
                    const AttentionOptions& options = {});
+// Rotary position embedding of q or k (qkv::rotary_embedding, either layout);
+// the gradient is rotated back by the negative angles (the rotation is
+// orthogonal). f32 result.
+Variable rotary_embedding(const Variable& x, const RotaryOptions& options = {});
 
 Variable cross_entropy(const Variable& logits, const Tensor& targets,
                        const CrossEntropyOptions& options = {});

@@ -347,6 +347,13 @@ Variable attention(const Variable& q_in, const Variable& k_in, const Variable& v
       });
 }
 
+Variable rotary_embedding(const Variable& x, const RotaryOptions& options) {
+  return record("rotary_embedding", qkv::rotary_embedding(x.value(), options), {x},
+                [options](const Tensor& g) {
+                  return std::vector<Tensor>{qkv::rotary_embedding_backward(g, options)};
+                });
+}
+
 Variable cross_entropy(const Variable& logits, const Tensor& targets,
                        const CrossEntropyOptions& options) {
   const Tensor lv = logits.value();
