@@ -87,7 +87,8 @@ struct GenerationOptions {
   std::vector<std::vector<int32_t>> stop;
   uint64_t seed = 0;
   bool use_cache = true;  // false: recompute the whole window for every token
-  // Called with each new token as it is produced; returning false stops.
+  // Called with each new token as it is produced (stop sequences included);
+  // returning false stops after that token.
   std::function<bool(int32_t)> on_token;
 };
 
@@ -107,11 +108,12 @@ class GPT : public Module {
   Tensor forward_cached(const Tensor& ids, KVCache& cache) const;
   KVCache make_cache(int64_t batch, int64_t capacity = 0) const;  // 0: context
 
-  // Autoregressive sampling after `prompt` (non-empty). Returns the new
-  // tokens only. Once the sequence is longer than the context, the model sees
-  // the last `context` tokens (the cache is rebuilt from the last context / 2
-  // tokens when full, so past the context the cached and uncached paths may
-  // differ).
+  // Autoregressive sampling after `prompt` (non-empty, ids in [0, vocab)).
+  // Returns the new tokens only. Once the sequence is longer than the
+  // context, the model sees the last `context` tokens (the cache is rebuilt
+  // from the last context / 2 tokens when full, so past the context the
+  // cached and uncached paths may differ). Never drops out and records no
+  // gradient, in train() mode too.
   std::vector<int32_t> generate(const std::vector<int32_t>& prompt,
                                 const GenerationOptions& options) const;
 
@@ -120,21 +122,41 @@ class GPT : public Module {
   std::vector<Tensor> attention_maps(const Tensor& ids) const;
 
   const GPTConfig& config() const { return config_; }
-  int64_t num_parameters() const;
+  int64_t num_parameters() const;  // every parameter (the tied head once, wpe included)
   const char* type_name() const override { return "GPT"; }
 
  private:
   class Block;
+  struct Pass;
+  // ids [B, T] -> the final LayerNorm's output [B, T, d] for positions
+  // pass.start .. + T.
+  autograd::Variable hidden(const Tensor& ids, const Pass& pass) const;
+  // h [..., d] -> logits [..., vocab] by lm_head or the tied wte.weight.
+  autograd::Variable head(const autograd::Variable& h) const;
+  // The logits [vocab] after the last token of `ids` [1, T] (no gradient).
+  Tensor next_logits(const Tensor& ids, KVCache* cache) const;
+
   GPTConfig config_;
   std::shared_ptr<Embedding> wte_, wpe_;
   std::vector<std::shared_ptr<Block>> blocks_;
   std::shared_ptr<LayerNorm> ln_f_;
   std::shared_ptr<Linear> lm_head_;
-  std::shared_ptr<Dropout> drop_;
+  Generator dropout_generator_;  // every dropout mask of forward(), in order
 };
 
-// The next token from logits [vocab] (f32) by the options' temperature,
-// top_k and top_p (exposed for tests): greedy when temperature is 0.
+// The probabilities sample_next_token draws from, for logits [vocab] (any
+// float dtype; -inf allowed, NaN and +inf not): softmax(logits / temperature)
+// after Hugging Face's TopKLogitsWarper (tokens below the k-th largest logit
+// are removed; ties with it stay) and TopPLogitsWarper (tokens sorted by
+// probability, ascending; those whose cumulative probability is <= 1 - top_p
+// are removed, the most likely always stays), renormalised. f32 [vocab].
+// temperature 0: one-hot at the first largest logit.
+Tensor sampling_distribution(const Tensor& logits, const GenerationOptions& options);
+
+// The next token from logits [vocab] by the options' temperature, top_k and
+// top_p: one draw of `generator` from sampling_distribution (none when
+// greedy, temperature 0). qkv::Error for bad options (negative top_k, top_p
+// outside (0, 1], negative temperature).
 int32_t sample_next_token(const Tensor& logits, const GenerationOptions& options,
                           Generator& generator);
 
