@@ -1,0 +1,200 @@
+// Sentence embeddings as sentence-transformers computes them
+// (sentence_transformers/models/Pooling.py and Normalize.py): token vectors of
+// a BERT encoder pooled over the attention mask, then optionally L2-normalised.
+#include <cmath>
+#include <limits>
+
+#include "models/hf_directory.h"
+#include "qkv/bert.h"
+#include "qkv/error.h"
+
+namespace qkv {
+
+using json = nlohmann::json;
+
+namespace {
+
+constexpr const char* kLoad = "SentenceEncoder.load";
+
+// 1_Pooling/config.json: exactly one supported mode switched on.
+SentencePooling read_pooling(const std::string& path, int64_t hidden_size) {
+  const json j = models::detail::read_json(path, kLoad);
+  QKV_CHECK(j.is_object(), kLoad, ": '", path, "' is not a JSON object");
+  if (const auto dim = j.find("word_embedding_dimension"); dim != j.end())
+    QKV_CHECK(dim->is_number_integer() && dim->get<int64_t>() == hidden_size, kLoad, ": '", path,
+              "': word_embedding_dimension ", dim->dump(), " differs from the model's hidden_size ",
+              hidden_size);
+  const std::pair<const char*, std::optional<SentencePooling>> modes[] = {
+      {"pooling_mode_mean_tokens", SentencePooling::mean},
+      {"pooling_mode_cls_token", SentencePooling::cls},
+      {"pooling_mode_max_tokens", SentencePooling::max},
+      {"pooling_mode_mean_sqrt_len_tokens", SentencePooling::mean_sqrt_len},
+      {"pooling_mode_weightedmean_tokens", std::nullopt},
+      {"pooling_mode_lasttoken", std::nullopt}};
+  std::optional<SentencePooling> chosen;
+  std::string chosen_name;
+  for (const auto& [key, mode] : modes) {
+    const auto it = j.find(key);
+    if (it == j.end() || (it->is_boolean() && !it->get<bool>())) continue;
+    QKV_CHECK(it->is_boolean(), kLoad, ": '", path, "': \"", key, "\" must be true or false, got ",
+              it->dump());
+    QKV_CHECK(mode, kLoad, ": '", path, "': pooling \"", key, "\" is not supported (mean, cls, "
+              "max, mean_sqrt_len)");
+    QKV_CHECK(!chosen, kLoad, ": '", path, "': both \"", chosen_name, "\" and \"", key,
+              "\" are on; qkv pools one way at a time");
+    chosen = mode;
+    chosen_name = key;
+  }
+  QKV_CHECK(chosen, kLoad, ": '", path, "' switches no pooling mode on");
+  return *chosen;
+}
+
+// The [B, L] attention mask as f32 weights (nonzero -> 1).
+std::vector<float> mask_weights(const Tensor& mask, int64_t b, int64_t l) {
+  std::vector<float> w(static_cast<size_t>(b * l), 1.0f);
+  if (!mask.defined()) return w;
+  QKV_CHECK(mask.dim() == 2 && mask.size(0) == b && mask.size(1) == l,
+            "pool_tokens: attention_mask has shape ", shape_string(mask.shape()), "; expected [",
+            b, ", ", l, "]");
+  const Tensor m = mask.to(DType::f32).contiguous();
+  for (int64_t i = 0; i < b * l; ++i) w[i] = m.data<float>()[i] != 0.0f ? 1.0f : 0.0f;
+  return w;
+}
+
+}  // namespace
+
+const char* sentence_pooling_name(SentencePooling p) {
+  switch (p) {
+    case SentencePooling::mean: return "mean";
+    case SentencePooling::cls: return "cls";
+    case SentencePooling::max: return "max";
+    case SentencePooling::mean_sqrt_len: return "mean_sqrt_len";
+  }
+  return "?";
+}
+
+Tensor pool_tokens(const Tensor& hidden, const Tensor& attention_mask, SentencePooling pooling) {
+  QKV_CHECK(hidden.defined() && hidden.dim() == 3, "pool_tokens: hidden must be [B, L, H], got ",
+            hidden.defined() ? shape_string(hidden.shape()) : "undefined");
+  const int64_t b = hidden.size(0), l = hidden.size(1), h = hidden.size(2);
+  const std::vector<float> keep = mask_weights(attention_mask, b, l);
+  const Tensor x = hidden.to(DType::f32).contiguous();
+  Tensor out = Tensor::zeros({b, h});
+  std::vector<double> acc(static_cast<size_t>(h));
+  for (int64_t i = 0; i < b; ++i) {
+    const float* rows = x.data<float>() + i * l * h;
+    float* dst = out.data<float>() + i * h;
+    if (pooling == SentencePooling::cls) {
+      std::copy(rows, rows + h, dst);
+      continue;
+    }
+    double count = 0;
+    if (pooling == SentencePooling::max) {
+      // sentence-transformers sets padded vectors to -1e9 before the maximum.
+      std::fill(acc.begin(), acc.end(), -std::numeric_limits<double>::infinity());
+      for (int64_t t = 0; t < l; ++t)
+        for (int64_t j = 0; j < h; ++j)
+          acc[j] = std::max(acc[j], keep[i * l + t] != 0 ? double{rows[t * h + j]} : -1e9);
+      for (int64_t j = 0; j < h; ++j) dst[j] = static_cast<float>(acc[j]);
+      continue;
+    }
+    std::fill(acc.begin(), acc.end(), 0.0);
+    for (int64_t t = 0; t < l; ++t) {
+      if (keep[i * l + t] == 0) continue;
+      count += 1;
+      for (int64_t j = 0; j < h; ++j) acc[j] += rows[t * h + j];
+    }
+    // The count clamped at 1e-9, as sentence-transformers does (a row of only
+    // padding pools to 0).
+    const double divisor = pooling == SentencePooling::mean ? std::max(count, 1e-9)
+                                                            : std::sqrt(std::max(count, 1e-9));
+    for (int64_t j = 0; j < h; ++j) dst[j] = static_cast<float>(acc[j] / divisor);
+  }
+  return out;
+}
+
+Tensor l2_normalize_rows(const Tensor& x) {
+  QKV_CHECK(x.defined() && x.dim() == 2, "l2_normalize_rows: x must be [B, H], got ",
+            x.defined() ? shape_string(x.shape()) : "undefined");
+  Tensor out = x.to(DType::f32).contiguous().clone();
+  const int64_t b = out.size(0), h = out.size(1);
+  for (int64_t i = 0; i < b; ++i) {
+    float* row = out.data<float>() + i * h;
+    double norm = 0;
+    for (int64_t j = 0; j < h; ++j) norm += double{row[j]} * row[j];
+    const double inv = 1.0 / std::max(std::sqrt(norm), 1e-12);
+    for (int64_t j = 0; j < h; ++j) row[j] = static_cast<float>(row[j] * inv);
+  }
+  return out;
+}
+
+SentenceEncoder SentenceEncoder::load(const std::string& dir, const SentenceEncoderOptions& options) {
+  using models::detail::file_exists;
+  using models::detail::join_path;
+  QKV_CHECK(options.dtype == DType::f32 || options.dtype == DType::bf16, kLoad,
+            ": dtype must be f32 or bf16, got ", dtype_name(options.dtype));
+  SentenceEncoder e;
+  e.dtype_ = options.dtype;
+  std::string model_dir = dir, pooling_config;
+  bool normalize = false;
+  const std::string modules_path = join_path(dir, "modules.json");
+  if (file_exists(modules_path)) {
+    // [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"}, ...]
+    const json modules = models::detail::read_json(modules_path, kLoad);
+    QKV_CHECK(modules.is_array(), kLoad, ": '", modules_path, "' is not a list of modules");
+    bool transformer = false;
+    for (const json& m : modules) {
+      QKV_CHECK(m.is_object() && m.contains("type") && m["type"].is_string() &&
+                    (!m.contains("path") || m["path"].is_string()),
+                kLoad, ": '", modules_path, "': module ", m.dump(),
+                " has no \"type\" and \"path\" strings");
+      const std::string type = m["type"].get<std::string>();
+      const std::string path = m.value("path", std::string());
+      const std::string kind = type.substr(type.rfind('.') + 1);
+      if (kind == "Transformer") {
+        QKV_CHECK(!transformer, kLoad, ": '", modules_path, "' lists two Transformer modules");
+        transformer = true;
+        model_dir = path.empty() ? dir : join_path(dir, path);
+      } else if (kind == "Pooling") {
+        pooling_config = join_path(join_path(dir, path), "config.json");
+      } else if (kind == "Normalize") {
+        normalize = true;
+      } else {
+        throw Error(qkv::detail::str(kLoad, ": '", modules_path, "': module type \"", type,
+                                     "\" is not supported (Transformer, Pooling, Normalize)"));
+      }
+    }
+    QKV_CHECK(transformer, kLoad, ": '", modules_path, "' lists no Transformer module");
+    QKV_CHECK(!pooling_config.empty(), kLoad, ": '", modules_path,
+              "' lists no Pooling module (token embeddings are not sentence embeddings)");
+  }
+  e.model_ = nn::BertModel::from_pretrained(model_dir);
+  const int64_t hidden = e.model_->config().hidden_size;
+  e.pooling_ = pooling_config.empty() ? SentencePooling::mean : read_pooling(pooling_config, hidden);
+  e.normalize_ = options.normalize.value_or(normalize);
+  e.max_seq_length_ = e.model_->config().max_position_embeddings;
+  for (const std::string& where : {model_dir, dir}) {
+    const std::string path = join_path(where, "sentence_bert_config.json");
+    if (!file_exists(path)) continue;
+    const json j = models::detail::read_json(path, kLoad);
+    if (const auto it = j.find("max_seq_length"); it != j.end() && !it->is_null()) {
+      QKV_CHECK(it->is_number_integer() && it->get<int64_t>() > 0, kLoad, ": '", path,
+                "': max_seq_length must be a positive integer, got ", it->dump());
+      e.max_seq_length_ = std::min(it->get<int64_t>(), e.max_seq_length_);
+    }
+    break;
+  }
+  return e;
+}
+
+Tensor SentenceEncoder::embed(const Tensor& input_ids, const Tensor& attention_mask,
+                              const Tensor& token_type_ids) const {
+  autograd::NoGradGuard no_grad;
+  autograd::AutocastGuard autocast(dtype_ == DType::bf16);
+  const nn::BertOutput out =
+      model_->forward(input_ids, attention_mask, token_type_ids, {.pooler = false});
+  const Tensor pooled = pool_tokens(out.last_hidden_state.value(), attention_mask, pooling_);
+  return normalize_ ? l2_normalize_rows(pooled) : pooled;
+}
+
+}  // namespace qkv
