@@ -15,6 +15,9 @@ from ._qkv.nn import (  # noqa: F401
     Dropout,
     Embedding,
     FeedForward,
+    GPT,
+    GPTConfig,
+    KVCache,
     LayerNorm,
     Linear,
     Module,
@@ -25,6 +28,8 @@ from ._qkv.nn import (  # noqa: F401
     TransformerDecoderLayer,
     TransformerEncoder,
     TransformerEncoderLayer,
+    sample_next_token,
+    sampling_distribution,
 )
 
 import numpy as _np  # noqa: E402
