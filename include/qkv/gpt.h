@@ -122,6 +122,10 @@ class GPT : public Module {
   std::vector<Tensor> attention_maps(const Tensor& ids) const;
 
   const GPTConfig& config() const { return config_; }
+  // The generator of forward()'s dropout masks, for a Trainer to save and
+  // restore with checkpoints (Trainer::track_generator), so a resumed run
+  // drops the same units as one that never stopped.
+  Generator& dropout_generator() { return dropout_generator_; }
   int64_t num_parameters() const;  // every parameter (the tied head once, wpe included)
   const char* type_name() const override { return "GPT"; }
 
