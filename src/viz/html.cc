@@ -42,6 +42,8 @@ constexpr std::string_view kStyle = R"html(</title>
   main { display: flex; flex-wrap: wrap; align-items: flex-start; gap: 32px; }
   #headview { display: flex; align-items: flex-start; }
   .col { display: flex; flex-direction: column; }
+  #left { align-items: flex-end; }
+  #right { align-items: flex-start; }
   .tok { height: 20px; line-height: 20px; padding: 0 6px; white-space: pre; overflow: hidden;
          text-overflow: ellipsis; max-width: 14em; cursor: default; border-radius: 3px;
          font-family: ui-monospace, "DejaVu Sans Mono", Menlo, Consolas, monospace; font-size: 13px; }
@@ -75,6 +77,7 @@ constexpr std::string_view kStyle = R"html(</title>
   <section id="matrix" aria-label="heatmap">
     <label>Heatmap of head <select id="heathead"></select></label>
     <canvas id="heat" width="10" height="10"></canvas>
+    <div class="meta">rows: queries, columns: keys</div>
     <div class="scale">0 <span class="bar"></span> 1</div>
     <div id="cellinfo"></div>
   </section>
@@ -202,7 +205,10 @@ window.addEventListener("error", function (e) {
   // weight in the head that gives them the most.
   function drawTokens() {
     for (const list of [left, right]) {
-      for (const div of list) { div.classList.remove("focus", "dim"); div.style.background = ""; }
+      for (const div of list) {
+        div.classList.remove("focus", "dim");
+        div.style.background = div.style.color = "";
+      }
     }
     if (!focus) return;
     const own = focus.side === "left" ? left : right, other = focus.side === "left" ? right : left;
@@ -215,7 +221,9 @@ window.addEventListener("error", function (e) {
         const a = focus.side === "left" ? w(layer, h, focus.index, j) : w(layer, h, j, focus.index);
         if (a > best) { best = a; bestHead = h; }
       }
-      if (bestHead >= 0) div.style.background = headColour(bestHead, Math.min(1, best).toFixed(3));
+      if (bestHead < 0) return;
+      div.style.background = headColour(bestHead, Math.min(1, best).toFixed(3));
+      if (best > 0.6) div.style.color = "#fff";
     });
   }
 
