@@ -2,8 +2,6 @@
 // offline head-view page and bertviz's JSON -- from a list of token strings
 // and one [heads, T, T] array per layer (qkv tensors, NumPy arrays, torch
 // tensors: anything NumPy can read; converted to f32).
-#include "qkv/visualize.h"
-
 #include <nanobind/stl/filesystem.h>
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/vector.h>
@@ -14,6 +12,7 @@
 
 #include "bindings.h"
 #include "qkv/error.h"
+#include "qkv/visualize.h"
 
 namespace qkv::python {
 namespace {

@@ -34,8 +34,8 @@ Tensor gather_layer(const AttentionView& view, int64_t l, int64_t heads) {
             "AttentionView: layer ", l, " has dtype ", dtype_name(map.dtype()),
             "; attention weights are f32 (or bf16 / f16)");
   QKV_CHECK(map.dim() == 3 && map.size(1) == t && map.size(2) == t, "AttentionView: layer ", l,
-            " has shape ", shape_string(map.shape()), "; expected [heads, ", t, ", ", t,
-            "] for ", t, " tokens");
+            " has shape ", shape_string(map.shape()), "; expected [heads, ", t, ", ", t, "] for ",
+            t, " tokens");
   QKV_CHECK(map.size(0) == heads, "AttentionView: layer ", l, " has ", map.size(0),
             " heads but layer 0 has ", heads);
   Tensor f32 = map.to(DType::f32).contiguous();
@@ -49,7 +49,9 @@ int64_t AttentionView::num_heads() const {
   return layers.empty() || !layers[0].defined() || layers[0].dim() < 1 ? 0 : layers[0].size(0);
 }
 
-void AttentionView::validate() const { Weights{*this}; }
+void AttentionView::validate() const {
+  Weights{*this};
+}
 
 Weights::Weights(const AttentionView& view) {
   QKV_CHECK(!view.tokens.empty(), "AttentionView: no tokens");
@@ -64,8 +66,8 @@ Weights::Weights(const AttentionView& view) {
 const float* Weights::head(int64_t layer, int64_t head) const {
   QKV_CHECK(layer >= 0 && layer < layers(), "viz: layer ", layer, " out of range (the view has ",
             layers(), " layers)");
-  QKV_CHECK(head >= 0 && head < heads_, "viz: head ", head, " out of range (the view has ",
-            heads_, " heads)");
+  QKV_CHECK(head >= 0 && head < heads_, "viz: head ", head, " out of range (the view has ", heads_,
+            " heads)");
   return maps_[static_cast<size_t>(layer)].data<float>() + head * tokens_ * tokens_;
 }
 
@@ -136,9 +138,13 @@ std::string bertviz_json(const AttentionView& view) {
   return out;
 }
 
+void write_text_file(const std::string& path, std::string_view text) {
+  io::write_file_atomically(path,
+                            std::span(reinterpret_cast<const uint8_t*>(text.data()), text.size()));
+}
+
 void write_bertviz_json(const std::string& path, const AttentionView& view) {
-  const std::string text = bertviz_json(view);
-  io::write_file_atomically(path, std::span(reinterpret_cast<const uint8_t*>(text.data()), text.size()));
+  write_text_file(path, bertviz_json(view));
 }
 
 }  // namespace qkv::viz

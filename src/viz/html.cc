@@ -12,7 +12,6 @@
 #include <string>
 #include <string_view>
 
-#include "io/file.h"
 #include "qkv/visualize.h"
 #include "viz/weights.h"
 
@@ -33,7 +32,8 @@ constexpr std::string_view kStyle = R"html(</title>
          margin: 16px 24px; color: #222; background: #fff; }
   h1 { font-size: 20px; margin: 0 0 2px; }
   .meta { color: #666; margin: 0 0 10px; }
-  .controls { display: flex; flex-wrap: wrap; align-items: center; gap: 6px 14px; margin-bottom: 14px; }
+  .controls { display: flex; flex-wrap: wrap; align-items: center; gap: 6px 14px;
+              margin-bottom: 14px; }
   .controls select { font: inherit; }
   .head { display: inline-flex; align-items: center; gap: 3px; cursor: pointer; user-select: none;
           padding: 1px 6px 1px 2px; border-radius: 4px; border: 2px solid transparent; }
@@ -46,14 +46,15 @@ constexpr std::string_view kStyle = R"html(</title>
   #right { align-items: flex-start; }
   .tok { height: 20px; line-height: 20px; padding: 0 6px; white-space: pre; overflow: hidden;
          text-overflow: ellipsis; max-width: 14em; cursor: default; border-radius: 3px;
-         font-family: ui-monospace, "DejaVu Sans Mono", Menlo, Consolas, monospace; font-size: 13px; }
+         font-family: ui-monospace, "DejaVu Sans Mono", Menlo, Consolas, monospace;
+         font-size: 13px; }
   #left .tok { text-align: right; }
   .tok.focus { outline: 1px solid #333; }
   .tok.dim { color: #aaa; }
   #matrix { display: flex; flex-direction: column; gap: 6px; }
   #heat { image-rendering: pixelated; border: 1px solid #aaa; cursor: crosshair; }
-  #cellinfo { font-family: ui-monospace, "DejaVu Sans Mono", monospace; font-size: 12px; min-height: 1.4em;
-              white-space: pre; }
+  #cellinfo { font-family: ui-monospace, "DejaVu Sans Mono", monospace; font-size: 12px;
+              min-height: 1.4em; white-space: pre; }
   .scale { display: flex; align-items: center; gap: 6px; font-size: 12px; color: #555; }
   .scale span.bar { width: 120px; height: 10px; border: 1px solid #aaa;
                     background: linear-gradient(to right, #ffffff, #6baed6, #08306b); }
@@ -82,7 +83,8 @@ constexpr std::string_view kStyle = R"html(</title>
     <div id="cellinfo"></div>
   </section>
 </main>
-<p class="meta">Hover a token on the left to see what it attends to, on the right to see what attends to it.</p>
+<p class="meta">Hover a token on the left to see what it attends to, on the right to see what
+attends to it.</p>
 <div id="error" hidden></div>
 <script type="application/json" id="qkv-data">)html";
 
@@ -129,8 +131,8 @@ window.addEventListener("error", function (e) {
 
   $("title").textContent = data.title || "Attention";
   document.title = data.title || "Attention";
-  $("meta").textContent = L + (L === 1 ? " layer" : " layers") + ", " + H + (H === 1 ? " head" : " heads") +
-      ", " + T + (T === 1 ? " token" : " tokens");
+  const count = (n, what) => n + " " + what + (n === 1 ? "" : "s");
+  $("meta").textContent = count(L, "layer") + ", " + count(H, "head") + ", " + count(T, "token");
 
   for (let l = 0; l < L; ++l) $("layer").add(new Option("" + l, "" + l));
   for (let h = 0; h < H; ++h) {
@@ -151,7 +153,10 @@ window.addEventListener("error", function (e) {
     $("heads").append(label);
   }
   const setAll = on => {
-    for (const box of $("heads").querySelectorAll("input")) { box.checked = on; shown[+box.dataset.head] = on; }
+    for (const box of $("heads").querySelectorAll("input")) {
+      box.checked = on;
+      shown[+box.dataset.head] = on;
+    }
     draw();
   };
   $("all").addEventListener("click", () => setAll(true));
@@ -263,8 +268,8 @@ window.addEventListener("error", function (e) {
     const k = Math.floor((e.clientX - rect.left) / rect.width * T);
     const q = Math.floor((e.clientY - rect.top) / rect.height * T);
     if (q < 0 || q >= T || k < 0 || k >= T) return;
-    $("cellinfo").textContent = "query " + q + " " + display(data.tokens[q]) + "  \u2192  key " + k + " " +
-        display(data.tokens[k]) + ": " + w(layer, heatHead, q, k).toFixed(4);
+    $("cellinfo").textContent = "query " + q + " " + display(data.tokens[q]) + "  \u2192  key " +
+        k + " " + display(data.tokens[k]) + ": " + w(layer, heatHead, q, k).toFixed(4);
   });
   heat.addEventListener("mouseleave", () => { $("cellinfo").textContent = ""; });
 
@@ -274,7 +279,9 @@ window.addEventListener("error", function (e) {
     drawHeat();
   }
   draw();
-  if (document.body.getAttribute("data-render") === "pending") document.body.setAttribute("data-render", "ok");
+  if (document.body.getAttribute("data-render") === "pending") {
+    document.body.setAttribute("data-render", "ok");
+  }
 })();
 </script>
 </body>
@@ -333,7 +340,7 @@ void write_html(const std::string& path, const AttentionView& view) {
   page.append(kStyle);
   page += page_data(view, weights);
   page.append(kScript);
-  io::write_file_atomically(path, std::span(reinterpret_cast<const uint8_t*>(page.data()), page.size()));
+  write_text_file(path, page);
 }
 
 }  // namespace qkv::viz

@@ -13,22 +13,27 @@
 namespace qkv::viz {
 namespace {
 
-constexpr int kPad = 10;          // around the whole image
-constexpr int kGap = 6;           // between labels and the heatmap
-constexpr int kTileGap = 14;      // between the grid's heatmaps
-constexpr int kBarWidth = 12;     // the colour bar
+constexpr int kPad = 10;       // around the whole image
+constexpr int kGap = 6;        // between labels and the heatmap
+constexpr int kTileGap = 14;   // between the grid's heatmaps
+constexpr int kBarWidth = 12;  // the colour bar
 constexpr int kMinBarHeight = 64;
 constexpr size_t kMaxLabelGlyphs = 16;
 
-int ceil_div(int a, int b) { return (a + b - 1) / b; }
+int ceil_div(int a, int b) {
+  return (a + b - 1) / b;
+}
 
 // Labels are drawn twice as large once a cell can hold a double-size line.
-int label_scale(int cell) { return cell >= 2 * kLineHeight ? 2 : 1; }
+int label_scale(int cell) {
+  return cell >= 2 * kLineHeight ? 2 : 1;
+}
 
 std::vector<std::vector<Glyph>> token_labels(const AttentionView& view) {
   std::vector<std::vector<Glyph>> labels;
   labels.reserve(view.tokens.size());
-  for (const std::string& token : view.tokens) labels.push_back(label_glyphs(token, kMaxLabelGlyphs));
+  for (const std::string& token : view.tokens)
+    labels.push_back(label_glyphs(token, kMaxLabelGlyphs));
   return labels;
 }
 
@@ -80,7 +85,8 @@ void draw_labels(Image& image, int x, int y, const std::vector<std::vector<Glyph
   for (size_t i = 0; i < labels.size(); i += static_cast<size_t>(stride)) {
     const int offset = static_cast<int>(i) * cell + centre;
     if (left) {
-      image.text(x - kGap - text_width(labels[i].size(), scale), y + offset, labels[i], scale, kInk);
+      image.text(x - kGap - text_width(labels[i].size(), scale), y + offset, labels[i], scale,
+                 kInk);
     }
     if (top) image.text_up(x + offset, y - kGap, labels[i], scale, kInk);
   }
@@ -88,8 +94,8 @@ void draw_labels(Image& image, int x, int y, const std::vector<std::vector<Glyph
 
 }  // namespace
 
-void write_head_png(const std::string& path, const AttentionView& view, int64_t layer,
-                    int64_t head, const PngOptions& options) {
+void write_head_png(const std::string& path, const AttentionView& view, int64_t layer, int64_t head,
+                    const PngOptions& options) {
   const Weights weights(view);
   const float* w = weights.head(layer, head);
   const int64_t t = weights.tokens();
@@ -110,8 +116,9 @@ void write_head_png(const std::string& path, const AttentionView& view, int64_t 
   const int y0 = kPad + 2 * kLineHeight + 4 + kLineHeight + 6 + extent;
   const int bar_x = x0 + n + 16;
   const int bar_height = std::max(n, kMinBarHeight);
-  const int width = std::max({bar_x + kColourBarWidth + kPad, kPad + text_width(title.size(), 2) + kPad,
-                              kPad + text_width(axes.size(), 1) + kPad});
+  const int width =
+      std::max({bar_x + kColourBarWidth + kPad, kPad + text_width(title.size(), 2) + kPad,
+                kPad + text_width(axes.size(), 1) + kPad});
   Image image(width, y0 + bar_height + kPad);
 
   image.text(kPad, kPad, title, 2, kInk);
@@ -122,8 +129,7 @@ void write_head_png(const std::string& path, const AttentionView& view, int64_t 
   write_png(path, image);
 }
 
-void write_grid_png(const std::string& path, const AttentionView& view,
-                    const PngOptions& options) {
+void write_grid_png(const std::string& path, const AttentionView& view, const PngOptions& options) {
   const Weights weights(view);
   const int64_t t = weights.tokens(), num_layers = weights.layers(), num_heads = weights.heads();
   int cell = checked_cell(options.cell, "write_grid_png");
@@ -138,8 +144,8 @@ void write_grid_png(const std::string& path, const AttentionView& view,
   // The title is prose: its spaces stay blank.
   auto title = label_glyphs(view.title.empty() ? "attention" : view.title, 60);
   std::replace(title.begin(), title.end(), kVisibleSpace, text_glyphs(" ")[0]);
-  const auto subtitle = text_glyphs(
-      detail::str(num_layers, " layers x ", num_heads, " heads, ", t, " tokens"));
+  const auto subtitle =
+      text_glyphs(detail::str(num_layers, " layers x ", num_heads, " heads, ", t, " tokens"));
   constexpr int kCaption = 3 + kLineHeight;  // "L0 H3" under each heatmap
   const auto caption = [](int64_t l, int64_t h) {
     return text_glyphs(detail::str("L", l, " H", h));
@@ -153,8 +159,9 @@ void write_grid_png(const std::string& path, const AttentionView& view,
   const int grid_h = static_cast<int>(num_layers) * pitch_y - kTileGap;
   const int bar_x = x0 + grid_w + 16;
   const int bar_height = std::max(std::min(grid_h, 256), kMinBarHeight);
-  const int width = std::max({bar_x + kColourBarWidth + kPad, kPad + text_width(title.size(), 2) + kPad,
-                              kPad + text_width(subtitle.size(), 1) + kPad});
+  const int width =
+      std::max({bar_x + kColourBarWidth + kPad, kPad + text_width(title.size(), 2) + kPad,
+                kPad + text_width(subtitle.size(), 1) + kPad});
   Image image(width, y0 + std::max(grid_h, bar_height) + kPad);
 
   image.text(kPad, kPad, title, 2, kInk);

@@ -44,7 +44,8 @@ Image::Image(int width, int height, Rgb background) : width_(width), height_(hei
 }
 
 Rgb Image::at(int x, int y) const {
-  const size_t i = (static_cast<size_t>(y) * static_cast<size_t>(width_) + static_cast<size_t>(x)) * 3;
+  const size_t i =
+      (static_cast<size_t>(y) * static_cast<size_t>(width_) + static_cast<size_t>(x)) * 3;
   return {pixels_[i], pixels_[i + 1], pixels_[i + 2]};
 }
 
@@ -53,7 +54,8 @@ void Image::fill(int x, int y, int w, int h, Rgb colour) {
   const int y0 = std::max(y, 0), y1 = std::min(y + h, height_);
   for (int row = y0; row < y1; ++row) {
     uint8_t* p = &pixels_[(static_cast<size_t>(row) * static_cast<size_t>(width_) +
-                           static_cast<size_t>(x0)) * 3];
+                           static_cast<size_t>(x0)) *
+                          3];
     for (int col = x0; col < x1; ++col, p += 3) {
       p[0] = colour.r;
       p[1] = colour.g;
@@ -74,7 +76,8 @@ void Image::text(int x, int y, std::span<const Glyph> glyphs, int scale, Rgb col
     const int gx = x + static_cast<int>(i) * kGlyphAdvance * scale;
     for (int py = 0; py < kGlyphHeight; ++py) {
       for (int px = 0; px < kGlyphWidth; ++px) {
-        if (glyph_pixel(glyphs[i], px, py)) fill(gx + px * scale, y + py * scale, scale, scale, colour);
+        if (glyph_pixel(glyphs[i], px, py))
+          fill(gx + px * scale, y + py * scale, scale, scale, colour);
       }
     }
   }
@@ -102,7 +105,8 @@ std::vector<uint8_t> Image::encode_png() const {
     const auto* p = static_cast<const uint8_t*>(data);
     bytes->insert(bytes->end(), p, p + size);
   };
-  const int ok = stbi_write_png_to_func(append, &out, width_, height_, 3, pixels_.data(), width_ * 3);
+  const int ok =
+      stbi_write_png_to_func(append, &out, width_, height_, 3, pixels_.data(), width_ * 3);
   QKV_CHECK(ok != 0, "viz: PNG encoding of a ", width_, " x ", height_, " image failed");
   return out;
 }

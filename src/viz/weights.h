@@ -1,5 +1,5 @@
 // The attention weights of a validated AttentionView as contiguous f32, and
-// the number and string formatting the JSON and HTML writers share.
+// the formatting and file writing the JSON and HTML writers share.
 // Internal to src/viz.
 #pragma once
 
@@ -38,5 +38,8 @@ void append_rounded(std::string& out, float v);
 // and '&' are written \u003c, \u003e and \u0026, so the literal can sit
 // inside a <script> element without ending it.
 std::string json_string(std::string_view s);
+
+// Writes `text` to `path` atomically (io::write_file_atomically).
+void write_text_file(const std::string& path, std::string_view text);
 
 }  // namespace qkv::viz

@@ -47,7 +47,8 @@ class TempDir {
   std::string file(const std::string& name) const { return (path_ / name).string(); }
   std::vector<std::string> entries() const {
     std::vector<std::string> names;
-    for (const auto& e : fs::directory_iterator(path_)) names.push_back(e.path().filename().string());
+    for (const auto& e : fs::directory_iterator(path_))
+      names.push_back(e.path().filename().string());
     return names;
   }
 
@@ -130,7 +131,8 @@ Png ReadPng(const std::string& path) {
   if (data == nullptr) return png;
   EXPECT_EQ(w, png.width);
   EXPECT_EQ(h, png.height);
-  for (int i = 0; i < w * h; ++i) png.pixels.push_back({data[3 * i], data[3 * i + 1], data[3 * i + 2]});
+  for (int i = 0; i < w * h; ++i)
+    png.pixels.push_back({data[3 * i], data[3 * i + 1], data[3 * i + 2]});
   stbi_image_free(data);
   return png;
 }
@@ -145,7 +147,8 @@ TEST(AttentionView, ValidatesShapesHeadsAndValues) {
   EXPECT_EQ(AttentionView{}.num_heads(), 0);
 
   EXPECT_EQ(ErrorOf([] { AttentionView{.tokens = {"a"}}.validate(); }), "AttentionView: no layers");
-  EXPECT_EQ(ErrorOf([&] { AttentionView{.layers = ok.layers}.validate(); }), "AttentionView: no tokens");
+  EXPECT_EQ(ErrorOf([&] { AttentionView{.layers = ok.layers}.validate(); }),
+            "AttentionView: no tokens");
 
   AttentionView wrong_t = ok;
   wrong_t.tokens.push_back("d");
@@ -176,8 +179,9 @@ TEST(AttentionView, ValidatesShapesHeadsAndValues) {
 
   AttentionView too_big = ok;
   too_big.layers[0] = Tensor::full({3, 3, 3}, 1.5);
-  EXPECT_NE(ErrorOf([&] { too_big.validate(); }).find("layer 0 head 0 query 0 key 0 has weight 1.5"),
-            std::string::npos);
+  EXPECT_NE(
+      ErrorOf([&] { too_big.validate(); }).find("layer 0 head 0 query 0 key 0 has weight 1.5"),
+      std::string::npos);
 
   AttentionView ints = ok;
   ints.layers[0] = Tensor::zeros({3, 3, 3}, DType::i32);
@@ -186,7 +190,8 @@ TEST(AttentionView, ValidatesShapesHeadsAndValues) {
 
   AttentionView undefined = ok;
   undefined.layers[1] = Tensor();
-  EXPECT_EQ(ErrorOf([&] { undefined.validate(); }), "AttentionView: layer 1 is an undefined tensor");
+  EXPECT_EQ(ErrorOf([&] { undefined.validate(); }),
+            "AttentionView: layer 1 is an undefined tensor");
 }
 
 TEST(AttentionView, AcceptsBf16AndStridedLayers) {
@@ -213,7 +218,10 @@ TEST(Font, LabelsShowWhitespaceControlsAndNonAscii) {
             (std::vector<Glyph>{kPlaceholder, kPlaceholder, kPlaceholder, a}));
   // Malformed: a lone continuation byte, a truncated sequence, 0xFF.
   EXPECT_EQ(label_glyphs("\x80", 16), std::vector<Glyph>{kPlaceholder});
-  EXPECT_EQ(label_glyphs("\xe4\xb8" "a", 16), (std::vector<Glyph>{kPlaceholder, kPlaceholder, a}));
+  EXPECT_EQ(label_glyphs("\xe4\xb8"
+                         "a",
+                         16),
+            (std::vector<Glyph>{kPlaceholder, kPlaceholder, a}));
   EXPECT_EQ(label_glyphs("\xff", 16), std::vector<Glyph>{kPlaceholder});
   EXPECT_TRUE(label_glyphs("", 16).empty());
   // Cut to the maximum with an ellipsis.
@@ -227,7 +235,8 @@ TEST(Font, EveryVisibleGlyphHasInkAndTheyDiffer) {
   for (int g = 0; g < kNumGlyphs; ++g) {
     std::string bits;
     for (int y = 0; y < kGlyphHeight; ++y)
-      for (int x = 0; x < kGlyphWidth; ++x) bits += glyph_pixel(static_cast<Glyph>(g), x, y) ? '#' : '.';
+      for (int x = 0; x < kGlyphWidth; ++x)
+        bits += glyph_pixel(static_cast<Glyph>(g), x, y) ? '#' : '.';
     EXPECT_EQ(bits.find('#') == std::string::npos, g == 0) << "glyph " << g;
     bitmaps.push_back(bits);
   }
@@ -258,10 +267,9 @@ TEST(HeadPng, SizeFollowsTheCellAndEveryWeightOneCellIsDark) {
   std::vector<std::string> tokens;
   for (int64_t i = 0; i < t; ++i) tokens.push_back("tok" + std::to_string(i));
   // Head 0: every query on key 0 (16 cells of weight 1); head 1: uniform.
-  AttentionView view{.tokens = tokens,
-                     .layers = {Map(2, t, [&](int64_t h, int64_t, int64_t k) {
-                       return h == 0 ? (k == 0 ? 1.0 : 0.0) : 1.0 / t;
-                     })}};
+  AttentionView view{.tokens = tokens, .layers = {Map(2, t, [&](int64_t h, int64_t, int64_t k) {
+                                         return h == 0 ? (k == 0 ? 1.0 : 0.0) : 1.0 / t;
+                                       })}};
   const Rgb dark = weight_colour(1.0f);
   for (const int64_t cell : {10, 12}) {
     write_head_png(dir.file("h0.png"), view, 0, 0, {.cell = cell, .labels = false});
@@ -286,7 +294,8 @@ TEST(HeadPng, SizeFollowsTheCellAndEveryWeightOneCellIsDark) {
   EXPECT_GT(c.count(kInk), a.count(kInk) + 2 * 16 * 10);  // 16 labels twice, >= 10 ink pixels each
   // The default cell gives every token a line of its own.
   write_head_png(dir.file("d.png"), view, 0, 1);
-  EXPECT_GE(ReadPng(dir.file("d.png")).count(weight_colour(1.0f / t)), t * t * kLineHeight * kLineHeight);
+  EXPECT_GE(ReadPng(dir.file("d.png")).count(weight_colour(1.0f / t)),
+            t * t * kLineHeight * kLineHeight);
 }
 
 TEST(HeadPng, RejectsLayersHeadsAndCellsOutOfRange) {
@@ -310,9 +319,8 @@ TEST(GridPng, HoldsEveryHeadOfEveryLayer) {
   // Head (l, h) puts weight 1 on key (l + h) % t for each query: t dark cells each.
   AttentionView view{.tokens = {"a", "b", "c", "d", "e"}};
   for (int64_t l = 0; l < layers; ++l) {
-    view.layers.push_back(Map(heads, t, [&](int64_t h, int64_t, int64_t k) {
-      return k == (l + h) % t ? 1.0 : 0.0;
-    }));
+    view.layers.push_back(
+        Map(heads, t, [&](int64_t h, int64_t, int64_t k) { return k == (l + h) % t ? 1.0 : 0.0; }));
   }
   write_grid_png(dir.file("grid.png"), view, {.cell = cell});
   AttentionView empty = view;
@@ -341,7 +349,8 @@ TEST(GridPng, HoldsEveryHeadOfEveryLayer) {
 TEST(Html, EmbedsTheDataAndEscapesTokens) {
   TempDir dir;
   const std::string hostile = "</script><script>alert(1)</script>";
-  AttentionView view = CausalView(2, 2, {"<b>", hostile, "a&b", "\"q\"", "\u00e9\U0001F600", "\xff"});
+  AttentionView view =
+      CausalView(2, 2, {"<b>", hostile, "a&b", "\"q\"", "\u00e9\U0001F600", "\xff"});
   view.title = "x</title><script>alert(2)</script>";
   write_html(dir.file("a.html"), view);
   const std::string page = ReadFile(dir.file("a.html"));
@@ -349,7 +358,8 @@ TEST(Html, EmbedsTheDataAndEscapesTokens) {
   EXPECT_EQ(page.rfind("<!DOCTYPE html>", 0), 0u);
   // The only script elements are the page's own two.
   size_t closes = 0;
-  for (size_t at = page.find("</script>"); at != std::string::npos; at = page.find("</script>", at + 1)) {
+  for (size_t at = page.find("</script>"); at != std::string::npos;
+       at = page.find("</script>", at + 1)) {
     ++closes;
   }
   EXPECT_EQ(closes, 2u);
@@ -366,7 +376,8 @@ TEST(Html, EmbedsTheDataAndEscapesTokens) {
 
   // The weights: layer 1 head 0 row 2 of the causal pattern, rounded to 4 decimals.
   const std::string data = page.substr(page.find("id=\"qkv-data\">"));
-  const auto json = nlohmann::json::parse(data.substr(data.find('>') + 1, data.find("</script>") - data.find('>') - 1));
+  const auto json = nlohmann::json::parse(
+      data.substr(data.find('>') + 1, data.find("</script>") - data.find('>') - 1));
   EXPECT_EQ(json["heads"], 2);
   ASSERT_EQ(json["attention"].size(), 2u);
   ASSERT_EQ(json["attention"][1].size(), 2u);
@@ -442,12 +453,14 @@ TEST(Writes, FailuresLeaveNoFileBehind) {
     std::ofstream(dir.file("old.html")) << "old";
     AttentionView bad = view;
     bad.tokens.pop_back();
-    EXPECT_NE(ErrorOf([&] { write_html(dir.file("old.html"), bad); }).find("expected [heads, 2, 2]"),
-              std::string::npos);
+    EXPECT_NE(
+        ErrorOf([&] { write_html(dir.file("old.html"), bad); }).find("expected [heads, 2, 2]"),
+        std::string::npos);
     EXPECT_EQ(ReadFile(dir.file("old.html")), "old");
     auto names = dir.entries();
     std::sort(names.begin(), names.end());
-    EXPECT_EQ(names, (std::vector<std::string>{"old.html", "taken.html", "taken.json", "taken.png"}));
+    EXPECT_EQ(names,
+              (std::vector<std::string>{"old.html", "taken.html", "taken.json", "taken.png"}));
   }
 }
 
