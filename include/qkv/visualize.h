@@ -21,22 +21,33 @@
 namespace qkv::viz {
 
 struct AttentionView {
-  std::vector<std::string> tokens;  // UTF-8 labels, one per position
+  // UTF-8 labels, one per position. Bytes that are not UTF-8 (half a
+  // character of a byte-level token) show as U+FFFD in the page and the JSON.
+  std::vector<std::string> tokens;
   // One f32 [H, T, T] tensor per layer: rows are queries, columns keys, each
-  // row a probability distribution (T = tokens.size()).
+  // row a probability distribution (T = tokens.size()). bf16 / f16 and
+  // strided tensors are accepted and converted.
   std::vector<Tensor> layers;
   std::string title;  // shown in the HTML page and the grid's caption
 
-  // qkv::Error naming what is inconsistent (no layers, shapes that differ
-  // from [H, T, T], a head count that changes between layers, NaN).
+  // qkv::Error naming what is inconsistent (no tokens or layers, shapes that
+  // differ from [H, T, T], a head count that changes between layers, a
+  // weight outside [0, 1] or NaN). Every writer calls it first.
   void validate() const;
   int64_t num_layers() const { return static_cast<int64_t>(layers.size()); }
   int64_t num_heads() const;
 };
 
 struct PngOptions {
-  int64_t cell = 0;          // pixels per attention cell; 0: chosen from T
-  bool labels = true;        // token labels along both axes
+  // Pixels per attention cell, 1 to 256; 0 chooses from T (one head: 768 / T
+  // within 2 to 32, raised to a text line of 11 while T <= 232; the grid:
+  // 160 / T within 1 to 16).
+  int64_t cell = 0;
+  // Token labels along both axes, in a small bitmap font: printable ASCII as
+  // itself, ' ' as an open box, "\n" "\t" "\r" as escapes, anything else as a
+  // placeholder box, cut to 16 characters. Where cells are shorter than a
+  // line, one head labels every n-th token and the grid leaves them out.
+  bool labels = true;
 };
 
 // One head: a T x T heatmap (white = 0, dark = 1) with token labels.
