@@ -109,17 +109,23 @@ class BertModel : public Module {
                      const BertForwardOptions& options = {});
 
   const BertConfig& config() const { return config_; }
-  Embedding& word_embeddings() { return *word_embeddings_; }
+  // "embeddings.word_embeddings.weight" [vocab, H] (a masked-LM head ties to it).
+  const autograd::Variable& word_embeddings() const;
   const char* type_name() const override { return "BertModel"; }
 
  private:
+  class Dense;
+  class Table;
   class Layer;
+  // The modules with their parameters allocated; `initialise`: filled as
+  // transformers initialises them (from_pretrained loads instead).
+  BertModel(const BertConfig& config, Generator& generator, bool initialise);
   BertConfig config_;
-  std::shared_ptr<Embedding> word_embeddings_, position_embeddings_, token_type_embeddings_;
+  std::shared_ptr<Table> word_embeddings_, position_embeddings_, token_type_embeddings_;
   std::shared_ptr<LayerNorm> embeddings_norm_;
   std::shared_ptr<Dropout> embeddings_dropout_;
   std::vector<std::shared_ptr<Layer>> layers_;
-  std::shared_ptr<Linear> pooler_;
+  std::shared_ptr<Dense> pooler_;
 };
 
 // The weights of a BERT checkpoint directory under BertModel's names (see
@@ -138,9 +144,9 @@ namespace qkv {
 // Pooling): over the positions the attention mask keeps.
 enum class SentencePooling {
   mean,           // sum / count
-  cls,            // the first token
+  cls,            // the first token kept
   max,            // element-wise maximum
-  mean_sqrt_len,  // sum / sqrt(count)
+  mean_sqrt_len,  // sum / sqrt(count) ("mean_sqrt_len_tokens")
 };
 const char* sentence_pooling_name(SentencePooling p);
 

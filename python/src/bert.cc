@@ -27,8 +27,8 @@ SentencePooling pooling_of(const std::string& s) {
   for (SentencePooling p : {SentencePooling::mean, SentencePooling::cls, SentencePooling::max,
                             SentencePooling::mean_sqrt_len})
     if (s == sentence_pooling_name(p)) return p;
-  throw Error("qkv.bert: pooling must be 'mean', 'cls', 'max' or 'mean_sqrt_len', got '" + s +
-              "'");
+  throw Error("qkv.bert: pooling must be 'mean', 'cls', 'max' or 'mean_sqrt_len_tokens', got '" +
+              s + "'");
 }
 
 }  // namespace

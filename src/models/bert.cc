@@ -5,6 +5,7 @@
 #include "qkv/bert.h"
 
 #include <cmath>
+#include <filesystem>
 #include <set>
 #include <utility>
 
@@ -140,16 +141,18 @@ struct ConfigReader {
   }
 };
 
-// ---- HF initialisation ---------------------------------------------------------
+// ---- initialisation ------------------------------------------------------------
 
 // transformers' _init_weights for BERT: Linear and Embedding weights
 // N(0, initializer_range), biases 0, LayerNorm 1 / 0, the padding row 0.
 void init_bert_weights(Module& model, const BertConfig& c, Generator& generator) {
   for (const auto& [name, p] : model.named_parameters()) {
-    const bool norm = name.find("LayerNorm.") != std::string::npos;
-    if (norm) continue;  // LayerNorm's own 1 / 0
     Tensor value = p.value();
-    if (name.size() >= 5 && name.compare(name.size() - 5, 5, ".bias") == 0)
+    const bool norm = name.find("LayerNorm.") != std::string::npos;
+    const bool bias = name.size() >= 5 && name.compare(name.size() - 5, 5, ".bias") == 0;
+    if (norm && !bias)
+      value.copy_(Tensor::ones(value.shape()));
+    else if (bias)
       value.copy_(Tensor::zeros(value.shape()));
     else
       value.copy_(scale(randn(value.shape(), generator), c.initializer_range));
@@ -269,7 +272,46 @@ void BertConfig::validate() const {
               *pad_token_id, " is outside the vocabulary [0, ", vocab_size, ")");
 }
 
-// ---- one encoder layer ---------------------------------------------------------
+// ---- parameters and one encoder layer ---------------------------------------------
+
+// torch.nn.Linear's parameters and product, allocated uninitialised: the
+// model fills them with transformers' initialisation or a checkpoint's values.
+class BertModel::Dense : public Module {
+ public:
+  Dense(int64_t in, int64_t out) {
+    weight_ = register_parameter("weight", Tensor::empty({out, in}));
+    bias_ = register_parameter("bias", Tensor::empty({out}));
+  }
+  // x [..., in] -> [..., out]
+  Variable forward(const Variable& x) const { return autograd::linear(x, weight_, bias_); }
+  const char* type_name() const override { return "Linear"; }
+
+ private:
+  Variable weight_, bias_;
+};
+
+// torch.nn.Embedding's table, likewise uninitialised; the padding row gets
+// no gradient.
+class BertModel::Table : public Module {
+ public:
+  Table(int64_t rows, int64_t dim, std::optional<int64_t> padding_idx)
+      : padding_idx_(padding_idx.value_or(-1)) {
+    weight_ = register_parameter("weight", Tensor::empty({rows, dim}));
+  }
+  // ids (any shape) -> [..., dim]
+  Variable forward(const Tensor& ids) const { return autograd::embedding(weight_, ids, padding_idx_); }
+  // rows [start, start + length) as a [length, dim] view
+  Variable rows(int64_t start, int64_t length) const {
+    return autograd::narrow(weight_, 0, start, length);
+  }
+  const Variable& weight() const { return weight_; }
+  const char* type_name() const override { return "Embedding"; }
+
+ private:
+  int64_t padding_idx_;
+  Variable weight_;
+};
+
 
 class BertModel::Layer : public Module {
  public:
@@ -280,7 +322,7 @@ class BertModel::Layer : public Module {
         attention_generator_(generator.next_u64()) {
     const int64_t h = c.hidden_size, ff = c.intermediate_size;
     auto linear = [&](const char* name, int64_t in, int64_t out) {
-      return register_module(name, std::make_shared<Linear>(LinearConfig{in, out}, generator));
+      return register_module(name, std::make_shared<Dense>(in, out));
     };
     auto norm = [&](const char* name) {
       return register_module(
@@ -307,7 +349,7 @@ class BertModel::Layer : public Module {
   Variable forward(const Variable& x, const Tensor& padding, Tensor* weights) {
     const int64_t b = x.size(0), l = x.size(1), h = x.size(2), dh = h / heads_;
     // [B, L, H] -> [B, L, heads, Dh] views: the fused kernel reads them in place.
-    auto heads = [&](Linear& projection) {
+    auto heads = [&](const Dense& projection) {
       return autograd::reshape(projection.forward(x), {b, l, heads_, dh});
     };
     const Variable q = heads(*query_), k = heads(*key_), v = heads(*value_);
@@ -340,26 +382,29 @@ class BertModel::Layer : public Module {
   Act act_;
   double attention_dropout_p_;
   Generator attention_generator_;
-  std::shared_ptr<Linear> query_, key_, value_, attention_dense_, intermediate_, output_dense_;
+  std::shared_ptr<Dense> query_, key_, value_, attention_dense_, intermediate_, output_dense_;
   std::shared_ptr<LayerNorm> attention_norm_, output_norm_;
   std::shared_ptr<Dropout> attention_dropout_, output_dropout_;
 };
 
 // ---- BertModel -----------------------------------------------------------------
 
-BertModel::BertModel(const BertConfig& config, Generator& generator) : config_(config) {
+BertModel::BertModel(const BertConfig& config, Generator& generator)
+    : BertModel(config, generator, /*initialise=*/true) {}
+
+BertModel::BertModel(const BertConfig& config, Generator& generator, bool initialise)
+    : config_(config) {
   config_.validate();
   const int64_t h = config_.hidden_size;
   word_embeddings_ = register_module(
       "embeddings.word_embeddings",
-      std::make_shared<Embedding>(
-          EmbeddingConfig{config_.vocab_size, h, config_.pad_token_id}, generator));
-  position_embeddings_ = register_module(
-      "embeddings.position_embeddings",
-      std::make_shared<Embedding>(EmbeddingConfig{config_.max_position_embeddings, h}, generator));
-  token_type_embeddings_ = register_module(
-      "embeddings.token_type_embeddings",
-      std::make_shared<Embedding>(EmbeddingConfig{config_.type_vocab_size, h}, generator));
+      std::make_shared<Table>(config_.vocab_size, h, config_.pad_token_id));
+  position_embeddings_ =
+      register_module("embeddings.position_embeddings",
+                      std::make_shared<Table>(config_.max_position_embeddings, h, std::nullopt));
+  token_type_embeddings_ =
+      register_module("embeddings.token_type_embeddings",
+                      std::make_shared<Table>(config_.type_vocab_size, h, std::nullopt));
   embeddings_norm_ = register_module(
       "embeddings.LayerNorm",
       std::make_shared<LayerNorm>(LayerNormConfig{.dim = h, .eps = config_.layer_norm_eps},
@@ -370,12 +415,15 @@ BertModel::BertModel(const BertConfig& config, Generator& generator) : config_(c
   for (int64_t i = 0; i < config_.num_hidden_layers; ++i)
     layers_.push_back(register_module("encoder.layer." + std::to_string(i),
                                       std::make_shared<Layer>(config_, generator)));
-  if (config_.add_pooling_layer)
-    pooler_ = register_module("pooler.dense",
-                              std::make_shared<Linear>(LinearConfig{h, h}, generator));
+  if (config_.add_pooling_layer) pooler_ = register_module("pooler.dense", std::make_shared<Dense>(h, h));
+  if (!initialise) return;
   init_bert_weights(*this, config_, generator);
   if (config_.pad_token_id)
     word_embeddings_->weight().value().select(0, *config_.pad_token_id).copy_(Tensor::zeros({h}));
+}
+
+const Variable& BertModel::word_embeddings() const {
+  return word_embeddings_->weight();
 }
 
 BertOutput BertModel::forward(const Tensor& input_ids, const Tensor& attention_mask,
@@ -406,8 +454,8 @@ BertOutput BertModel::forward(const Tensor& input_ids, const Tensor& attention_m
   Variable x = word_embeddings_->forward(input_ids);
   x = autograd::add(x, token_type_ids.defined()
                            ? token_type_embeddings_->forward(token_type_ids)
-                           : autograd::narrow(token_type_embeddings_->weight(), 0, 0, 1));
-  x = autograd::add(x, autograd::narrow(position_embeddings_->weight(), 0, 0, l));
+                           : token_type_embeddings_->rows(0, 1));
+  x = autograd::add(x, position_embeddings_->rows(0, l));
   x = embeddings_dropout_->forward(embeddings_norm_->forward(x));
 
   BertOutput out;
@@ -444,6 +492,9 @@ std::map<std::string, Tensor> load_bert_weights(const std::string& dir) {
 namespace {
 
 BertConfig read_bert_config(const std::string& dir) {
+  std::error_code ec;
+  QKV_CHECK(std::filesystem::is_directory(dir, ec), kFromPretrained, ": '", dir,
+            "' is not a directory");
   const std::string path = models::detail::join_path(dir, "config.json");
   const json j = models::detail::read_json(path, kFromPretrained);
   return BertConfig::from_json(j.dump(), qkv::detail::str(kFromPretrained, ": '", path, "'"));
@@ -467,8 +518,8 @@ std::shared_ptr<BertModel> BertModel::from_pretrained(const std::string& dir) {
   BertConfig c = read_bert_config(dir);
   const std::map<std::string, Tensor> weights = load_bert_weights(dir);
   c.add_pooling_layer = has_pooler(weights);
-  Generator generator(0);
-  auto model = std::make_shared<BertModel>(c, generator);
+  Generator generator(0);  // dropout streams only: the weights are loaded
+  std::shared_ptr<BertModel> model(new BertModel(c, generator, /*initialise=*/false));
   try {
     model->load_state_dict(weights, /*strict=*/true);
   } catch (const Error& e) {

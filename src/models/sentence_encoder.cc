@@ -16,37 +16,58 @@ namespace {
 
 constexpr const char* kLoad = "SentenceEncoder.load";
 
-// 1_Pooling/config.json: exactly one supported mode switched on.
+// A pooling mode's name in 1_Pooling/config.json (sentence-transformers'
+// PoolingMode), or nullopt for the ones qkv does not compute.
+std::optional<SentencePooling> pooling_named(const std::string& name) {
+  if (name == "mean") return SentencePooling::mean;
+  if (name == "cls") return SentencePooling::cls;
+  if (name == "max") return SentencePooling::max;
+  if (name == "mean_sqrt_len_tokens") return SentencePooling::mean_sqrt_len;
+  return std::nullopt;
+}
+
+// 1_Pooling/config.json, either form sentence-transformers writes: "pooling_mode"
+// (a name or a list of them, v6) or the older "pooling_mode_*" switches. One
+// mode at a time (several are concatenated by sentence-transformers); none
+// switched on means mean, as sentence-transformers reads it.
 SentencePooling read_pooling(const std::string& path, int64_t hidden_size) {
   const json j = models::detail::read_json(path, kLoad);
   QKV_CHECK(j.is_object(), kLoad, ": '", path, "' is not a JSON object");
-  if (const auto dim = j.find("word_embedding_dimension"); dim != j.end())
-    QKV_CHECK(dim->is_number_integer() && dim->get<int64_t>() == hidden_size, kLoad, ": '", path,
-              "': word_embedding_dimension ", dim->dump(), " differs from the model's hidden_size ",
-              hidden_size);
-  const std::pair<const char*, std::optional<SentencePooling>> modes[] = {
-      {"pooling_mode_mean_tokens", SentencePooling::mean},
-      {"pooling_mode_cls_token", SentencePooling::cls},
-      {"pooling_mode_max_tokens", SentencePooling::max},
-      {"pooling_mode_mean_sqrt_len_tokens", SentencePooling::mean_sqrt_len},
-      {"pooling_mode_weightedmean_tokens", std::nullopt},
-      {"pooling_mode_lasttoken", std::nullopt}};
-  std::optional<SentencePooling> chosen;
-  std::string chosen_name;
-  for (const auto& [key, mode] : modes) {
-    const auto it = j.find(key);
-    if (it == j.end() || (it->is_boolean() && !it->get<bool>())) continue;
-    QKV_CHECK(it->is_boolean(), kLoad, ": '", path, "': \"", key, "\" must be true or false, got ",
-              it->dump());
-    QKV_CHECK(mode, kLoad, ": '", path, "': pooling \"", key, "\" is not supported (mean, cls, "
-              "max, mean_sqrt_len)");
-    QKV_CHECK(!chosen, kLoad, ": '", path, "': both \"", chosen_name, "\" and \"", key,
-              "\" are on; qkv pools one way at a time");
-    chosen = mode;
-    chosen_name = key;
+  for (const char* key : {"embedding_dimension", "word_embedding_dimension"})
+    if (const auto dim = j.find(key); dim != j.end())
+      QKV_CHECK(dim->is_number_integer() && dim->get<int64_t>() == hidden_size, kLoad, ": '", path,
+                "': ", key, " ", dim->dump(), " differs from the model's hidden_size ",
+                hidden_size);
+  std::vector<std::string> modes;
+  if (const auto mode = j.find("pooling_mode"); mode != j.end()) {
+    for (const json& m : mode->is_array() ? *mode : json::array({*mode})) {
+      QKV_CHECK(m.is_string(), kLoad, ": '", path, "': pooling_mode holds ", m.dump(),
+                ", not a mode name");
+      modes.push_back(m.get<std::string>());
+    }
+  } else {
+    const std::pair<const char*, const char*> legacy[] = {
+        {"pooling_mode_cls_token", "cls"},
+        {"pooling_mode_max_tokens", "max"},
+        {"pooling_mode_mean_tokens", "mean"},
+        {"pooling_mode_mean_sqrt_len_tokens", "mean_sqrt_len_tokens"},
+        {"pooling_mode_weightedmean_tokens", "weightedmean"},
+        {"pooling_mode_lasttoken", "lasttoken"}};
+    for (const auto& [key, name] : legacy) {
+      const auto it = j.find(key);
+      if (it == j.end()) continue;
+      QKV_CHECK(it->is_boolean(), kLoad, ": '", path, "': \"", key,
+                "\" must be true or false, got ", it->dump());
+      if (it->get<bool>()) modes.push_back(name);
+    }
+    if (modes.empty()) modes.push_back("mean");
   }
-  QKV_CHECK(chosen, kLoad, ": '", path, "' switches no pooling mode on");
-  return *chosen;
+  QKV_CHECK(modes.size() == 1, kLoad, ": '", path, "' asks for ", modes.size(),
+            " pooling modes at once (", j.dump(), "); qkv pools one way at a time");
+  const std::optional<SentencePooling> p = pooling_named(modes[0]);
+  QKV_CHECK(p, kLoad, ": '", path, "': pooling mode \"", modes[0],
+            "\" is not supported (mean, cls, max, mean_sqrt_len_tokens)");
+  return *p;
 }
 
 // The [B, L] attention mask as f32 weights (nonzero -> 1).
@@ -68,7 +89,7 @@ const char* sentence_pooling_name(SentencePooling p) {
     case SentencePooling::mean: return "mean";
     case SentencePooling::cls: return "cls";
     case SentencePooling::max: return "max";
-    case SentencePooling::mean_sqrt_len: return "mean_sqrt_len";
+    case SentencePooling::mean_sqrt_len: return "mean_sqrt_len_tokens";
   }
   return "?";
 }
@@ -85,16 +106,20 @@ Tensor pool_tokens(const Tensor& hidden, const Tensor& attention_mask, SentenceP
     const float* rows = x.data<float>() + i * l * h;
     float* dst = out.data<float>() + i * h;
     if (pooling == SentencePooling::cls) {
-      std::copy(rows, rows + h, dst);
+      // The first token the mask keeps (left padding allowed), as
+      // sentence-transformers gathers it.
+      int64_t first = 0;
+      while (first < l - 1 && keep[i * l + first] == 0) ++first;
+      std::copy(rows + first * h, rows + (first + 1) * h, dst);
       continue;
     }
     double count = 0;
     if (pooling == SentencePooling::max) {
-      // sentence-transformers sets padded vectors to -1e9 before the maximum.
+      // Over the kept tokens (sentence-transformers fills padding with -inf).
       std::fill(acc.begin(), acc.end(), -std::numeric_limits<double>::infinity());
       for (int64_t t = 0; t < l; ++t)
-        for (int64_t j = 0; j < h; ++j)
-          acc[j] = std::max(acc[j], keep[i * l + t] != 0 ? double{rows[t * h + j]} : -1e9);
+        if (keep[i * l + t] != 0)
+          for (int64_t j = 0; j < h; ++j) acc[j] = std::max(acc[j], double{rows[t * h + j]});
       for (int64_t j = 0; j < h; ++j) dst[j] = static_cast<float>(acc[j]);
       continue;
     }
