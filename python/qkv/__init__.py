@@ -133,7 +133,7 @@ from ._qkv import (  # noqa: F401
     transformer_schedule,
     zeros,
 )
-from . import autograd, nn, safetensors, viz  # noqa: F401,E402
+from . import autograd, bert, nn, safetensors, viz  # noqa: F401,E402
 
 DTYPES = ("f32", "bf16", "f16", "i32", "i64", "bool")
 

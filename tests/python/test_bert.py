@@ -24,7 +24,7 @@ import qkv
 
 transformers = pytest.importorskip(
     "transformers", reason="transformers is not installed (scripts/setup.sh installs it)")
-from qkv._qkv import bert as qb  # noqa: E402
+from qkv import bert as qb  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
