@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "qkv/qkv.h"
+#include "timing.h"
 
 namespace qkv::cli {
 namespace {
@@ -64,11 +65,6 @@ Tensor featurize(const std::vector<std::string>& lines, int64_t dim) {
   return x;
 }
 
-// softmax(scale * q k^T) v for q, k, v: [..., L, D], via the library's ops.
-Tensor unfused_attention(const Tensor& q, const Tensor& k, const Tensor& v, double scale) {
-  return matmul(softmax(qkv::scale(matmul(q, k, {.transpose_b = true}), scale)), v);
-}
-
 // Double-precision attention for query row `row` of head `h` (all [1, H, L, D]).
 std::vector<double> reference_row(const Tensor& q, const Tensor& k, const Tensor& v, int64_t h,
                                   int64_t row, double scale) {
@@ -85,19 +81,6 @@ std::vector<double> reference_row(const Tensor& q, const Tensor& k, const Tensor
   for (int64_t j = 0; j < L; ++j)
     for (int64_t d = 0; d < D; ++d) out[d] += logits[j] / total * v.at({0, h, j, d});
   return out;
-}
-
-template <class Fn>
-double median_seconds(int reps, Fn&& fn) {
-  fn();  // warm-up: primitive creation, page faults
-  std::vector<double> times;
-  for (int r = 0; r < reps; ++r) {
-    const auto start = Clock::now();
-    fn();
-    times.push_back(seconds_since(start));
-  }
-  std::sort(times.begin(), times.end());
-  return times[times.size() / 2];
 }
 
 }  // namespace

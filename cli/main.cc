@@ -1,37 +1,79 @@
-// The qkv command: `qkv demo` (the main job for now), `qkv info`.
+// The qkv command: train, generate, eval, attend, bench, info, demo.
 //
-// Errors from the library or the command line print one line on stderr and
-// exit non-zero; nothing is written on failure.
+// Errors from the library or the command line print one line on stderr
+// ("qkv: error: ...") and exit non-zero (2 for usage errors, 1 for the rest,
+// 130 when training was interrupted); nothing is written on failure.
 #include <CLI/CLI.hpp>
 #include <cstdio>
+#include <filesystem>
+#include <fstream>
 #include <iostream>
 #include <nlohmann/json.hpp>
 
+#include "commands.h"
 #include "demo.h"
 #include "qkv/qkv.h"
+#include "train.h"
 
 namespace {
 
-// `qkv info FILE`: the tensors and metadata of a safetensors file.
-nlohmann::json run_info(const std::string& path, bool print) {
-  const auto file = qkv::safetensors::File::open(path);
-  nlohmann::json tensors = nlohmann::json::array();
-  uint64_t bytes = 0;
-  for (const auto& t : file.tensors()) {
-    tensors.push_back({{"name", t.name}, {"dtype", t.dtype}, {"shape", t.shape},
-                       {"bytes", t.end - t.begin}});
-    bytes += t.end - t.begin;
-    if (print)
-      std::printf("%-40s %-5s %s\n", t.name.c_str(), t.dtype.c_str(),
-                  qkv::shape_string(t.shape).c_str());
+namespace fs = std::filesystem;
+
+// Binds every TrainConfig setting as a --flag (underscores become dashes).
+void add_train_options(CLI::App& cmd, qkv::cli::TrainConfig& config) {
+  config.fields([&](const char* name, auto& field, const char* help) {
+    std::string flag = std::string("--") + name;
+    std::replace(flag.begin(), flag.end(), '_', '-');
+    if constexpr (std::is_same_v<std::decay_t<decltype(field)>, bool>)
+      cmd.add_flag(flag, field, help);
+    else
+      cmd.add_option(flag, field, help)->capture_default_str();
+  });
+}
+
+nlohmann::json read_json_file(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) throw qkv::Error("cannot open config file '" + path + "'");
+  try {
+    return nlohmann::json::parse(in);
+  } catch (const nlohmann::json::exception& e) {
+    throw qkv::Error("config file '" + path + "' is not valid JSON: " + e.what());
   }
-  if (print) {
-    for (const auto& [key, value] : file.metadata())
-      std::printf("metadata %s = %s\n", key.c_str(), value.c_str());
-    std::printf("%zu tensors, %llu bytes of data\n", file.tensors().size(),
-                static_cast<unsigned long long>(bytes));
+}
+
+// The settings of a run: defaults, then a config file (--config, or the
+// run's own config.json when resuming), then the flags given on the command
+// line, which win.
+qkv::cli::TrainConfig resolve_train_config(CLI::App& cmd, const qkv::cli::TrainConfig& flags,
+                                           const std::string& config_path,
+                                           const std::string& resume_dir) {
+  qkv::cli::TrainConfig config;  // defaults
+  config.data = flags.data;
+  if (!resume_dir.empty()) {
+    const std::string run_config = (fs::path(resume_dir) / "config.json").string();
+    if (!fs::exists(run_config))
+      throw qkv::Error("--resume: '" + resume_dir + "' holds no config.json (not a qkv run)");
+    config.update_from_json(read_json_file(run_config), run_config);
   }
-  return {{"path", path}, {"tensors", tensors}, {"metadata", file.metadata()}, {"data_bytes", bytes}};
+  if (!config_path.empty()) config.update_from_json(read_json_file(config_path), config_path);
+  // Copy over every flag that was given explicitly.
+  qkv::cli::TrainConfig given = flags;
+  config.fields([&](const char* name, auto& field, const char*) {
+    std::string flag = std::string("--") + name;
+    std::replace(flag.begin(), flag.end(), '_', '-');
+    if (cmd.get_option(flag)->count() == 0) return;
+    given.fields([&](const char* other, auto& value, const char*) {
+      if constexpr (std::is_same_v<std::decay_t<decltype(value)>, std::decay_t<decltype(field)>>)
+        if (std::string(other) == name) field = value;
+    });
+  });
+  return config;
+}
+
+// Indented JSON; text that is not valid UTF-8 (it never should be) is
+// replaced rather than failing the command at its very end.
+std::string dump(const nlohmann::json& result) {
+  return result.dump(2, ' ', false, nlohmann::json::error_handler_t::replace);
 }
 
 }  // namespace
@@ -40,14 +82,89 @@ int main(int argc, char** argv) {
   CLI::App app{"qkv: an engine for self-attention and Transformer models"};
   app.set_version_flag("--version", QKV_VERSION_STRING);
   app.require_subcommand(1);
+  app.fallthrough();  // --threads / --json also after the subcommand
   int threads = 0;
-  uint64_t seed = 0;
   bool json = false;
   app.add_option("--threads", threads, "Number of threads (default: QKV_NUM_THREADS or all cores)")
       ->check(CLI::PositiveNumber);
-  app.add_option("--seed", seed, "Random seed");
-  app.add_flag("--json", json, "Print the results as JSON on stdout instead of text");
+  app.add_flag("--json", json, "Print the results as JSON on stdout (the report goes to stderr)");
 
+  // ---- train ----
+  qkv::cli::TrainConfig train_flags;
+  train_flags.data = QKV_DEFAULT_DATA;
+  qkv::cli::TrainRun train_run{.out = "runs/shakespeare"};
+  std::string train_config_path, resume_dir;
+  auto* train_cmd = app.add_subcommand(
+      "train", "Train a GPT language model on a text file (default: Tiny Shakespeare, characters)");
+  train_cmd->add_option("--config", train_config_path,
+                        "JSON file of settings (keys as the flags, with underscores)")
+      ->check(CLI::ExistingFile);
+  train_cmd->add_option("--out", train_run.out, "Run directory (checkpoint, config, loss curve)")
+      ->capture_default_str();
+  train_cmd->add_option("--resume", resume_dir, "Continue the run in this directory")
+      ->check(CLI::ExistingDirectory);
+  train_cmd->add_flag("--overwrite", train_run.overwrite, "Replace a run already in --out");
+  train_cmd->add_flag("--quiet", train_run.quiet, "No progress bar");
+  add_train_options(*train_cmd, train_flags);
+
+  // ---- generate ----
+  qkv::cli::GenerateOptions gen;
+  auto* gen_cmd = app.add_subcommand("generate", "Generate text from a trained checkpoint");
+  gen_cmd->add_option("checkpoint", gen.checkpoint, "Run directory or checkpoint file")->required();
+  gen_cmd->add_option("--prompt", gen.prompt, "Text to continue (\\n, \\t escapes)")->required();
+  gen_cmd->add_option("--max-new-tokens", gen.max_new_tokens, "Tokens to generate")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  gen_cmd->add_option("--temperature", gen.temperature, "0: greedy")->capture_default_str();
+  gen_cmd->add_option("--top-k", gen.top_k, "Sample among the k most likely (0: all)")
+      ->capture_default_str();
+  gen_cmd->add_option("--top-p", gen.top_p, "Nucleus sampling threshold")->capture_default_str();
+  gen_cmd->add_option("--stop", gen.stop, "Stop once the text ends with this (repeatable; escapes)");
+  gen_cmd->add_option("--seed", gen.seed, "Sampling seed")->capture_default_str();
+  gen_cmd->add_flag("--no-cache", gen.no_cache, "Recompute every step instead of the KV cache");
+
+  // ---- eval ----
+  qkv::cli::EvalOptions eval;
+  auto* eval_cmd = app.add_subcommand("eval", "Loss and perplexity of a checkpoint on a text file");
+  eval_cmd->add_option("checkpoint", eval.checkpoint, "Run directory or checkpoint file")->required();
+  eval_cmd->add_option("--data", eval.data, "Text file")->required();
+  eval_cmd->add_option("--batch", eval.batch, "Windows per batch")->capture_default_str();
+  eval_cmd->add_flag("--quiet", eval.quiet, "No progress bar");
+
+  // ---- attend ----
+  qkv::cli::AttendOptions attend;
+  auto* attend_cmd = app.add_subcommand(
+      "attend", "Show a model's attention on a text: PNG heatmaps, an HTML head view, bertviz JSON");
+  attend_cmd->add_option("checkpoint", attend.checkpoint, "Run directory or checkpoint file")
+      ->required();
+  attend_cmd->add_option("--text", attend.text, "Input text (\\n, \\t escapes)")->required();
+  attend_cmd->add_option("--out", attend.out, "Directory for the files")->required();
+  attend_cmd->add_option("--formats", attend.formats, "png, html, json (default: all)")
+      ->delimiter(',');
+
+  // ---- bench ----
+  qkv::cli::BenchOptions bench;
+  auto* bench_cmd = app.add_subcommand(
+      "bench", "Time the fused attention kernel against the unfused form and the matmul rate");
+  bench_cmd->add_option("--lengths", bench.lengths, "Sequence lengths")->delimiter(',')
+      ->capture_default_str();
+  bench_cmd->add_option("--batch", bench.batch, "Batch")->capture_default_str();
+  bench_cmd->add_option("--heads", bench.heads, "Heads")->capture_default_str();
+  bench_cmd->add_option("--dim", bench.dim, "Head dimension")->capture_default_str();
+  bench_cmd->add_flag("--causal", bench.causal, "Causal attention");
+  bench_cmd->add_flag("--backward", bench.backward, "Time forward + backward");
+  bench_cmd->add_option("--dtype", bench.dtype, "f32 or bf16")->capture_default_str();
+  bench_cmd->add_option("--reps", bench.reps, "Timed repetitions (median)")->capture_default_str();
+  bench_cmd->add_option("--seed", bench.seed, "Seed of the inputs");
+  bench_cmd->add_flag("--quiet", bench.quiet, "No progress bar");
+
+  // ---- info ----
+  std::string info_path;
+  auto* info_cmd = app.add_subcommand(
+      "info", "Inspect a safetensors file, a qkv checkpoint or run, or a model directory");
+  info_cmd->add_option("path", info_path, "File or directory")->required();
+
+  // ---- demo ----
   qkv::cli::DemoOptions demo;
   demo.data_path = QKV_DEFAULT_DATA;
   auto* demo_cmd = app.add_subcommand(
@@ -55,24 +172,55 @@ int main(int argc, char** argv) {
   demo_cmd->add_option("--data", demo.data_path, "Text file, one sequence per line")
       ->check(CLI::ExistingFile);
   demo_cmd->add_flag("--quick", demo.quick, "Smaller sizes (seconds instead of a minute)");
+  demo_cmd->add_option("--seed", demo.seed, "Seed of the benchmark inputs");
 
-  std::string info_path;
-  auto* info_cmd = app.add_subcommand("info", "List the tensors and metadata of a safetensors file");
-  info_cmd->add_option("file", info_path, "A .safetensors file")->required()->check(CLI::ExistingFile);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForAllHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForVersion& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    std::fprintf(stderr, "qkv: error: %s (see qkv --help)\n", e.what());
+    return 2;
+  }
 
-  CLI11_PARSE(app, argc, argv);
+  std::FILE* log = json ? stderr : stdout;  // stdout stays parseable JSON
   try {
     if (threads > 0) qkv::set_num_threads(threads);
-    demo.seed = seed;
     nlohmann::json result;
-    if (*demo_cmd) {
-      // In JSON mode the human-readable report goes to stderr so stdout stays parseable.
-      if (json) demo.log = stderr;
-      result = qkv::cli::run_demo(demo);
-    } else if (*info_cmd) {
-      result = run_info(info_path, !json);
+    if (*train_cmd) {
+      if (!resume_dir.empty()) {
+        train_run.out = resume_dir;
+        train_run.resume = true;
+      }
+      const auto config = resolve_train_config(*train_cmd, train_flags, train_config_path, resume_dir);
+      train_run.log = log;
+      result = qkv::cli::run_train(config, train_run);
+      if (json) std::cout << dump(result) << "\n";
+      return result.value("interrupted", false) ? 130 : 0;
     }
-    if (json) std::cout << result.dump(2) << "\n";
+    if (*gen_cmd) {
+      gen.prompt = qkv::cli::unescape(gen.prompt);
+      for (auto& stop : gen.stop) stop = qkv::cli::unescape(stop);
+      gen.stream = !json;
+      result = qkv::cli::run_generate(gen, log);
+    } else if (*eval_cmd) {
+      result = qkv::cli::run_eval(eval, log);
+    } else if (*attend_cmd) {
+      attend.text = qkv::cli::unescape(attend.text);
+      result = qkv::cli::run_attend(attend, log);
+    } else if (*bench_cmd) {
+      result = qkv::cli::run_bench(bench, log);
+    } else if (*info_cmd) {
+      result = qkv::cli::run_info(info_path, log);
+    } else if (*demo_cmd) {
+      demo.log = log;
+      result = qkv::cli::run_demo(demo);
+    }
+    if (json) std::cout << dump(result) << "\n";
   } catch (const std::exception& e) {
     std::fprintf(stderr, "qkv: error: %s\n", e.what());
     return 1;

@@ -39,7 +39,7 @@ step "Python package (pip install .)"
 .venv/bin/python -c "import qkv; print('qkv', qkv.__version__)"
 
 step "Python tests (pytest against PyTorch)"
-.venv/bin/python -m pytest -q tests/python
+QKV_CLI="$root/build/release/qkv" .venv/bin/python -m pytest -q tests/python
 
 if [[ "${QKV_TEST_SKIP_SANITIZERS:-0}" != 1 ]]; then
   step "C++ build and tests under AddressSanitizer + UndefinedBehaviorSanitizer (debug)"
