@@ -35,6 +35,7 @@
 #include "qkv/layers.h"
 #include "qkv/module.h"
 #include "qkv/tensor.h"
+#include "qkv/wordpiece.h"
 
 namespace qkv::nn {
 
@@ -167,18 +168,31 @@ struct SentenceEncoderOptions {
 // A sentence-transformers model: a BERT encoder, pooling and optional L2
 // normalisation, read from the directory's modules.json, 1_Pooling/config.json
 // and sentence_bert_config.json (all-MiniLM-L6-v2: mean pooling, normalised,
-// max_seq_length 256). A plain BERT directory (no modules.json) gets mean
-// pooling without normalisation, as sentence-transformers builds it.
+// max_seq_length 256), and its WordPiece tokenizer (tokenizer.json or
+// vocab.txt). A plain BERT directory (no modules.json) gets mean pooling
+// without normalisation, as sentence-transformers builds it.
+//
+//   SentenceEncoder encoder = SentenceEncoder::load("all-MiniLM-L6-v2");
+//   Tensor e = encoder.embed(std::vector<std::string>{"a gorgeous movie", "dull"});  // [2, 384]
 class SentenceEncoder {
  public:
   static SentenceEncoder load(const std::string& dir, const SentenceEncoderOptions& options = {});
 
+  // Texts -> f32 [N, H], as sentence-transformers' encode: each text
+  // tokenised ([CLS] ... [SEP], truncated to max_seq_length), run in batches
+  // of `batch_size` texts of similar length (padded to the longest of the
+  // batch), rows in the texts' order. qkv::Error when the directory has no
+  // tokenizer.
+  Tensor embed(const std::vector<std::string>& texts, int64_t batch_size = 32) const;
   // input_ids [B, L], attention_mask [B, L] (nonzero = token; default all),
   // token_type_ids [B, L] (default 0) -> f32 [B, H]. No gradient.
   Tensor embed(const Tensor& input_ids, const Tensor& attention_mask = Tensor(),
                const Tensor& token_type_ids = Tensor()) const;
 
   nn::BertModel& model() const { return *model_; }
+  // The directory's tokenizer (truncation to max_seq_length, no padding);
+  // null when the directory has neither tokenizer.json nor vocab.txt.
+  const text::WordPiece* tokenizer() const { return tokenizer_.get(); }
   SentencePooling pooling() const { return pooling_; }
   bool normalize() const { return normalize_; }
   int64_t max_seq_length() const { return max_seq_length_; }  // tokens per text, specials included
@@ -187,6 +201,8 @@ class SentenceEncoder {
 
  private:
   std::shared_ptr<nn::BertModel> model_;
+  std::shared_ptr<const text::WordPiece> tokenizer_;
+  std::string dir_;  // for error messages
   SentencePooling pooling_ = SentencePooling::mean;
   bool normalize_ = false;
   int64_t max_seq_length_ = 512;

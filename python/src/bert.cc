@@ -151,6 +151,24 @@ void bind_bert(nb::module_& m) {
           },
           nb::arg("input_ids"), nb::arg("attention_mask") = nb::none(),
           nb::arg("token_type_ids") = nb::none(), "ids [B, L] -> f32 [B, H].")
+      .def(
+          "encode",
+          [](const SentenceEncoder& e, const std::vector<std::string>& texts, int64_t batch_size) {
+            nb::gil_scoped_release release;
+            return e.embed(texts, batch_size);
+          },
+          nb::arg("sentences"), nb::arg("batch_size") = 32,
+          "Texts -> f32 [N, H] as sentence-transformers' encode (the directory's WordPiece, "
+          "truncation at max_seq_length, batches of similar length).")
+      .def(
+          "tokenize",
+          [](const SentenceEncoder& e, const std::vector<std::string>& texts) {
+            QKV_CHECK(e.tokenizer(), "SentenceEncoder.tokenize: the directory has no tokenizer");
+            std::vector<std::vector<int32_t>> ids;
+            for (const auto& enc : e.tokenizer()->encode_batch(texts)) ids.push_back(enc.ids);
+            return ids;
+          },
+          nb::arg("sentences"), "Each text's token ids ([CLS] ... [SEP], truncated).")
       .def_prop_ro("model", &SentenceEncoder::model, nb::rv_policy::reference_internal)
       .def_prop_ro("pooling",
                    [](const SentenceEncoder& e) { return sentence_pooling_name(e.pooling()); })

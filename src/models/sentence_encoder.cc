@@ -1,8 +1,10 @@
 // Sentence embeddings as sentence-transformers computes them
 // (sentence_transformers/models/Pooling.py and Normalize.py): token vectors of
 // a BERT encoder pooled over the attention mask, then optionally L2-normalised.
+#include <algorithm>
 #include <cmath>
 #include <limits>
+#include <numeric>
 
 #include "models/hf_directory.h"
 #include "qkv/bert.h"
@@ -198,6 +200,20 @@ SentenceEncoder SentenceEncoder::load(const std::string& dir, const SentenceEnco
   e.pooling_ = pooling_config.empty() ? SentencePooling::mean : read_pooling(pooling_config, hidden);
   e.normalize_ = options.normalize.value_or(normalize);
   e.max_seq_length_ = e.model_->config().max_position_embeddings;
+  // The tokenizer beside the weights (sentence-transformers' Transformer
+  // module), else in the top directory.
+  for (const std::string& where : {model_dir, dir}) {
+    if (!file_exists(join_path(where, "tokenizer.json")) &&
+        !file_exists(join_path(where, "vocab.txt")))
+      continue;
+    try {
+      e.tokenizer_ = std::make_shared<const text::WordPiece>(text::WordPiece::load(where));
+    } catch (const Error& err) {
+      throw Error(qkv::detail::str(kLoad, ": ", err.what()));
+    }
+    break;
+  }
+  e.dir_ = dir;
   for (const std::string& where : {model_dir, dir}) {
     const std::string path = join_path(where, "sentence_bert_config.json");
     if (!file_exists(path)) continue;
@@ -209,7 +225,52 @@ SentenceEncoder SentenceEncoder::load(const std::string& dir, const SentenceEnco
     }
     break;
   }
+  if (e.tokenizer_) {
+    // sentence-transformers truncates at max_seq_length ("longest_first");
+    // embed() pads each batch itself.
+    auto tokenizer = std::make_shared<text::WordPiece>(*e.tokenizer_);
+    tokenizer->set_truncation(
+        text::Truncation{.max_length = static_cast<size_t>(e.max_seq_length_)});
+    tokenizer->set_padding(std::nullopt);
+    e.tokenizer_ = std::move(tokenizer);
+  }
   return e;
+}
+
+Tensor SentenceEncoder::embed(const std::vector<std::string>& texts, int64_t batch_size) const {
+  QKV_CHECK(tokenizer_, "SentenceEncoder.embed: '", dir_,
+            "' has no tokenizer (tokenizer.json or vocab.txt); pass token ids instead");
+  QKV_CHECK(batch_size > 0, "SentenceEncoder.embed: batch_size must be positive, got ",
+            batch_size);
+  const int64_t n = static_cast<int64_t>(texts.size()), h = dimension();
+  Tensor out = Tensor::empty({n, h});
+  if (n == 0) return out;
+  const std::vector<text::Encoding> encoded = tokenizer_->encode_batch(texts);
+  // Batches of similar lengths waste little on padding (sentence-transformers
+  // sorts by length too); each batch is padded to its longest text.
+  std::vector<int64_t> order(n);
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
+    return encoded[a].size() > encoded[b].size();
+  });
+  const int64_t pad = tokenizer_->pad_id().value_or(0);
+  for (int64_t start = 0; start < n; start += batch_size) {
+    const int64_t count = std::min(batch_size, n - start);
+    const int64_t l = static_cast<int64_t>(encoded[order[start]].size());
+    Tensor ids = Tensor::full({count, l}, static_cast<double>(pad), DType::i64);
+    Tensor mask = Tensor::zeros({count, l}, DType::i64), types = Tensor::zeros({count, l}, DType::i64);
+    for (int64_t i = 0; i < count; ++i) {
+      const text::Encoding& e = encoded[order[start + i]];
+      for (size_t t = 0; t < e.size(); ++t) {
+        ids.data<int64_t>()[i * l + t] = e.ids[t];
+        mask.data<int64_t>()[i * l + t] = e.attention_mask[t];
+        types.data<int64_t>()[i * l + t] = e.type_ids[t];
+      }
+    }
+    const Tensor rows = embed(ids, mask, types);
+    for (int64_t i = 0; i < count; ++i) out.select(0, order[start + i]).copy_(rows.select(0, i));
+  }
+  return out;
 }
 
 Tensor SentenceEncoder::embed(const Tensor& input_ids, const Tensor& attention_mask,

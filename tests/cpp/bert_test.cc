@@ -240,6 +240,31 @@ TEST(Bert, SentenceEncoderPoolsAndNormalises) {
     for (double x : mean) norm += x * x;
     for (int64_t j = 0; j < 12; ++j) EXPECT_NEAR(e.at({b, j}), mean[j] / std::sqrt(norm), 1e-6);
   }
+  // Text in: the directory's vocab.txt, batches of similar length padded to
+  // their longest, rows in the texts' order, equal to the ids' embeddings.
+  EXPECT_EQ(enc.tokenizer(), nullptr);
+  std::string vocab;
+  for (const char* t : {"[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "good", "bad", "movie",
+                        "is", "not", "the", "##s", ",", ".", "!", "plot", "fun", "it", "was",
+                        "dull", "very", "##ly"})
+    vocab += std::string(t) + "\n";
+  write(dir / "m/vocab.txt", vocab);
+  SentenceEncoder with_text = SentenceEncoder::load(d);
+  ASSERT_NE(with_text.tokenizer(), nullptr);
+  const std::vector<std::string> texts = {"A good movie!", "the plot was dull , very dull",
+                                          "It is not bad.", "fun"};
+  const Tensor by_text = with_text.embed(texts, /*batch_size=*/2);
+  ASSERT_EQ(by_text.shape(), (Shape{4, 12}));
+  for (size_t i = 0; i < texts.size(); ++i) {
+    const text::Encoding one = with_text.tokenizer()->encode(texts[i]);
+    EXPECT_LE(one.size(), 7u);  // truncated at max_seq_length
+    std::vector<int64_t> v(one.ids.begin(), one.ids.end());
+    const Tensor row = with_text.embed(ids_tensor(v, 1, static_cast<int64_t>(v.size())));
+    for (int64_t j = 0; j < 12; ++j)
+      EXPECT_NEAR(by_text.at({static_cast<int64_t>(i), j}), row.at({0, j}), 1e-5);
+  }
+  expect_error([&] { enc.embed(texts); }, {"has no tokenizer"});
+
   // bf16 products: close to f32.
   const Tensor e16 = SentenceEncoder::load(d, {.dtype = DType::bf16}).embed(ids, mask);
   for (int64_t b = 0; b < 2; ++b) {

@@ -389,6 +389,12 @@ def _sst2_sentences(n):
 
 
 @pytest.fixture(scope="module")
+def sentence_transformer(minilm):
+    st = pytest.importorskip("sentence_transformers", reason="sentence-transformers is not installed")
+    return st.SentenceTransformer(str(minilm[0]), device="cpu")
+
+
+@pytest.fixture(scope="module")
 def minilm():
     d = _minilm_dir()
     tokenizers = pytest.importorskip("tokenizers")
@@ -411,10 +417,9 @@ def test_minilm_hidden_states_match_transformers(minilm):
     _compare(ours, model, ids, mask, torch.zeros_like(ids), what="all-MiniLM-L6-v2", cap=5e-5)
 
 
-def test_minilm_sentence_embeddings_match_sentence_transformers(minilm):
-    st = pytest.importorskip("sentence_transformers", reason="sentence-transformers is not installed")
+def test_minilm_sentence_embeddings_match_sentence_transformers(minilm, sentence_transformer):
     d, sentences, ids, mask = minilm
-    want = torch.from_numpy(st.SentenceTransformer(str(d), device="cpu").encode(sentences)).double()
+    want = torch.from_numpy(sentence_transformer.encode(sentences)).double()
     enc = qb.SentenceEncoder(str(d))
     assert (enc.pooling, enc.normalize, enc.max_seq_length, enc.dimension) == ("mean", True, 256, 384)
     got = _t(enc.embed(_q(ids), _q(mask)))
@@ -427,6 +432,13 @@ def test_minilm_sentence_embeddings_match_sentence_transformers(minilm):
         n = int(mask[i].sum())
         alone = _t(enc.embed(_q(ids[i:i + 1, :n])))
         assert float((alone[0] - got[i]).abs().max()) < 1e-5
+    # Text in: qkv's WordPiece and batching give sentence-transformers' encode,
+    # a text past max_seq_length (256 tokens) truncated as it is.
+    texts = sentences + [" ".join(sentences) * 3, "Héllo, WORLD! 你好 [MASK]"]
+    want_text = torch.from_numpy(sentence_transformer.encode(texts)).double()
+    cos = torch.nn.functional.cosine_similarity(_t(enc.encode(texts, batch_size=4)), want_text, dim=1)
+    assert float(cos.min()) >= 0.99999, cos
+    assert len(enc.tokenize(texts[-2:])[0]) == 256
     # bf16 matrix products: close, not equal.
     cos16 = torch.nn.functional.cosine_similarity(
         _t(qb.SentenceEncoder(str(d), dtype="bf16").embed(_q(ids), _q(mask))), want, dim=1)
