@@ -129,12 +129,15 @@ class WordPiece {
   static WordPiece load(const std::string& dir);
 
   Encoding encode(std::string_view text, bool add_special_tokens = true) const;
-  Encoding encode(std::string_view text, std::string_view pair,
-                  bool add_special_tokens = true) const;
+  // encode("a", "b") would take "b" for add_special_tokens; a pair is encode_pair.
+  Encoding encode(std::string_view text, const char* pair) const = delete;
+  // A pair (two sentences): [CLS] A [SEP] B [SEP], B's tokens type 1.
+  Encoding encode_pair(std::string_view text, std::string_view pair,
+                       bool add_special_tokens = true) const;
   // Each text encoded (on the thread team), then padded together.
   std::vector<Encoding> encode_batch(const std::vector<std::string>& texts,
                                      bool add_special_tokens = true) const;
-  std::vector<Encoding> encode_batch(
+  std::vector<Encoding> encode_batch_pairs(
       const std::vector<std::pair<std::string, std::string>>& pairs,
       bool add_special_tokens = true) const;
 

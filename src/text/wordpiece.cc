@@ -516,8 +516,8 @@ Encoding WordPiece::encode(std::string_view text, bool add_special_tokens) const
   return finish(*state_, ws.a, nullptr, add_special_tokens);
 }
 
-Encoding WordPiece::encode(std::string_view text, std::string_view pair,
-                           bool add_special_tokens) const {
+Encoding WordPiece::encode_pair(std::string_view text, std::string_view pair,
+                                bool add_special_tokens) const {
   Workspace& ws = workspace();
   SequenceEncoder(*state_, ws).encode(text, ws.a);
   SequenceEncoder(*state_, ws).encode(pair, ws.b);
@@ -534,13 +534,13 @@ std::vector<Encoding> WordPiece::encode_batch(const std::vector<std::string>& te
   return out;
 }
 
-std::vector<Encoding> WordPiece::encode_batch(
+std::vector<Encoding> WordPiece::encode_batch_pairs(
     const std::vector<std::pair<std::string, std::string>>& pairs,
     bool add_special_tokens) const {
   std::vector<Encoding> out(pairs.size());
   qkv::detail::parallel_for(0, static_cast<int64_t>(pairs.size()), 64, [&](int64_t lo, int64_t hi) {
     for (int64_t i = lo; i < hi; ++i)
-      out[i] = encode(pairs[i].first, pairs[i].second, add_special_tokens);
+      out[i] = encode_pair(pairs[i].first, pairs[i].second, add_special_tokens);
   });
   pad_batch(*state_, out);
   return out;
