@@ -108,11 +108,15 @@ void bind_gpt(nb::module_& m) {
                                   "(qkv/gpt.h).")
       .def(
           "__init__",
-          [](nn::GPT* self, const GPTConfig& config, uint64_t seed) {
+          [](nn::GPT* self, std::optional<GPTConfig> config, uint64_t seed, nb::kwargs fields) {
+            if (config && nb::len(fields) > 0)
+              throw Error("GPT: pass a GPTConfig or its fields as keyword arguments, not both");
+            if (!config) config = nb::cast<GPTConfig>(nb::type<GPTConfig>()(**fields));
             Generator g(seed);
-            new (self) nn::GPT(config, g);
+            new (self) nn::GPT(*config, g);
           },
-          nb::arg("config"), nb::arg("seed") = 0)
+          nb::arg("config") = nb::none(), nb::kw_only(), nb::arg("seed") = 0, nb::arg("fields"),
+          "GPT(config, seed=0) or GPT(vocab_size=..., context=..., ..., seed=0).")
       .def("__call__",
            [](nb::handle self, nb::args args, nb::kwargs kwargs) {
              return self.attr("forward")(*args, **kwargs);

@@ -381,3 +381,13 @@ def test_greedy_and_top_k_one_are_the_argmax():
     assert nn.sample_next_token(qkv.from_dlpack(logits), temperature=0.0) == 1
     assert all(nn.sample_next_token(qkv.from_dlpack(logits), top_k=1, seed=s) == 1 for s in range(20))
     assert nn.sampling_distribution(qkv.from_dlpack(logits), temperature=0.0).numpy().tolist() == [0, 1, 0, 0]
+
+
+def test_gpt_from_keyword_arguments():
+    a = nn.GPT(**config("rotary-untied"), seed=4)
+    b = nn.GPT(nn.GPTConfig(**config("rotary-untied")), seed=4)
+    assert a.config.positions == "rotary" and not a.config.tied_embeddings
+    sa, sb = a.state_dict(), b.state_dict()
+    assert all(np.array_equal(sa[k].numpy(), sb[k].numpy()) for k in sa)  # same seed, same weights
+    with pytest.raises(qkv.QkvError, match="not both"):
+        nn.GPT(b.config, vocab_size=3)
