@@ -104,7 +104,9 @@ class BertModel : public Module {
   // attention_mask [B, L] (any dtype, nonzero = token, 0 = padding; default:
   // all tokens); token_type_ids [B, L] (default: all 0). Padding keys are
   // never attended (the fused kernel's key-padding mask); padding positions
-  // still get hidden states, as in transformers.
+  // still get hidden states, as in transformers. (A row whose mask is all 0
+  // has nothing to attend: its attention outputs are 0, where transformers
+  // spreads the weights evenly over the padding.)
   BertOutput forward(const Tensor& input_ids, const Tensor& attention_mask = Tensor(),
                      const Tensor& token_type_ids = Tensor(),
                      const BertForwardOptions& options = {});
