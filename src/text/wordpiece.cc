@@ -3,6 +3,7 @@
 // added tokens out of the raw text, BertNormalizer, BertPreTokenizer, the
 // WordPiece model, truncation, the post-processing template, padding.
 #include <algorithm>
+#include <bit>
 #include <cstring>
 #include <limits>
 
@@ -109,33 +110,61 @@ void cleanup(std::string& s) {
 
 // ---- building ----
 
+int32_t TokenTable::insert(std::string_view key, int32_t id) {
+  if (2 * (size_ + 1) > slots_.size()) rehash(std::max<size_t>(64, 2 * slots_.size()));
+  const uint64_t h = hash(key);
+  const auto tag = static_cast<uint32_t>(h);
+  size_t i = h >> shift_;
+  for (;; i = (i + 1) & (slots_.size() - 1)) {
+    const Slot& s = slots_[i];
+    if (s.length == 0) break;
+    if (s.tag == tag && s.length == key.size() &&
+        std::memcmp(arena_.data() + s.offset, key.data(), key.size()) == 0)
+      return s.id;
+  }
+  QKV_CHECK(arena_.size() + key.size() <= std::numeric_limits<uint32_t>::max(),
+            "WordPiece: the vocabulary's tokens take more than 4 GiB");
+  slots_[i] = {tag, static_cast<uint32_t>(arena_.size()), static_cast<uint32_t>(key.size()), id};
+  arena_.append(key);
+  ++size_;
+  longest_ = std::max(longest_, key.size());
+  return -1;
+}
+
+void TokenTable::rehash(size_t slots) {
+  std::vector<Slot> old = std::move(slots_);
+  slots_.assign(slots, Slot{0, 0, 0, -1});
+  shift_ = 64 - std::countr_zero(slots);
+  for (const Slot& s : old) {
+    if (s.length == 0) continue;
+    const std::string_view key(arena_.data() + s.offset, s.length);
+    size_t i = hash(key) >> shift_;
+    while (slots_[i].length != 0) i = (i + 1) & (slots - 1);
+    slots_[i] = s;
+  }
+}
+
 void WordPieceState::set_vocabulary(std::vector<std::string> vocab, const std::string& source) {
   QKV_CHECK(!vocab.empty(), "WordPiece: ", source, " has no tokens");
   QKV_CHECK(vocab.size() <= static_cast<size_t>(std::numeric_limits<int32_t>::max()),
             "WordPiece: ", source, " has ", vocab.size(), " tokens, more than 2^31 - 1");
-  whole.clear();
-  continuation.clear();
-  whole.reserve(vocab.size());
-  max_whole_bytes = max_continuation_bytes = 0;
+  whole = TokenTable();
+  continuation = TokenTable();
   const std::string& prefix = config.continuing_subword_prefix;
   for (size_t id = 0; id < vocab.size(); ++id) {
     const std::string& token = vocab[id];
     QKV_CHECK(!token.empty(), "WordPiece: ", source, ": the token with id ", id, " is empty");
     for (size_t pos = 0; pos < token.size();)
       decode_utf8(token, pos, ("WordPiece: " + source + ": token " + std::to_string(id)).c_str());
-    const auto [it, inserted] = whole.emplace(token, static_cast<int32_t>(id));
-    QKV_CHECK(inserted, "WordPiece: ", source, ": token '", token, "' is listed twice, with ids ",
-              it->second, " and ", id);
-    max_whole_bytes = std::max(max_whole_bytes, token.size());
-    if (token.size() > prefix.size() && token.compare(0, prefix.size(), prefix) == 0) {
-      continuation.emplace(token.substr(prefix.size()), static_cast<int32_t>(id));
-      max_continuation_bytes = std::max(max_continuation_bytes, token.size() - prefix.size());
-    }
+    const int32_t before = whole.insert(token, static_cast<int32_t>(id));
+    QKV_CHECK(before < 0, "WordPiece: ", source, ": token '", token, "' is listed twice, with ids ",
+              before, " and ", id);
+    if (token.size() > prefix.size() && token.compare(0, prefix.size(), prefix) == 0)
+      continuation.insert(std::string_view(token).substr(prefix.size()), static_cast<int32_t>(id));
   }
-  const auto unk = whole.find(config.unk_token);
-  QKV_CHECK(unk != whole.end(), "WordPiece: ", source, " has no unknown-word token '",
-            config.unk_token, "' (", vocab.size(), " tokens)");
-  unk_id = unk->second;
+  unk_id = whole.find(config.unk_token);
+  QKV_CHECK(unk_id >= 0, "WordPiece: ", source, " has no unknown-word token '", config.unk_token,
+            "' (", vocab.size(), " tokens)");
   model_vocab_size = vocab.size();
   tokens = std::move(vocab);
   is_special.assign(tokens.size(), false);
@@ -186,8 +215,8 @@ void WordPieceState::resolve_special_ids() {
   auto find = [&](const std::string& t) -> std::optional<int32_t> {
     for (const AddedToken& a : added)
       if (to_utf8(a.text) == t) return a.id;
-    const auto it = whole.find(t);
-    if (it != whole.end()) return it->second;
+    const int32_t id = whole.find(t);
+    if (id >= 0) return id;
     return std::nullopt;
   };
   cls_id = find(config.cls_token);
@@ -252,17 +281,13 @@ class SequenceEncoder {
     const size_t mark = out.size();
     for (size_t start = 0; start < n;) {
       const bool first = start == 0;
-      const TokenIds& map = first ? s_.whole : s_.continuation;
-      const size_t longest = first ? s_.max_whole_bytes : s_.max_continuation_bytes;
+      const TokenTable& table = first ? s_.whole : s_.continuation;
       size_t end = n;
-      while (end > start && at[end] - at[start] > longest) --end;
+      while (end > start && at[end] - at[start] > table.longest()) --end;
       int32_t id = -1;
       for (; end > start; --end) {
-        const auto it = map.find(view.substr(at[start], at[end] - at[start]));
-        if (it != map.end()) {
-          id = it->second;
-          break;
-        }
+        id = table.find(view.substr(at[start], at[end] - at[start]));
+        if (id >= 0) break;
       }
       if (id < 0) {
         out.ids.resize(mark);
@@ -495,9 +520,8 @@ WordPiece WordPiece::from_vocab(std::vector<std::string> tokens, WordPieceConfig
   // vocabulary has are matched whole in the text.
   for (const std::string* t : {&s.config.unk_token, &s.config.sep_token, &s.config.cls_token,
                                &s.config.pad_token, &s.config.mask_token}) {
-    const auto it = s.whole.find(*t);
-    if (it == s.whole.end()) continue;
-    const int32_t id = it->second;
+    const int32_t id = s.whole.find(*t);
+    if (id < 0) continue;
     if (std::none_of(s.added.begin(), s.added.end(), [&](const AddedToken& a) { return a.id == id; }))
       s.add_token(*t, id, true, source);
   }
@@ -620,9 +644,9 @@ std::optional<int32_t> WordPiece::token_to_id(std::string_view token) const {
   const WordPieceState& s = *state_;
   for (const AddedToken& a : s.added)
     if (to_utf8(a.text) == token) return a.id;
-  const auto it = s.whole.find(token);
-  if (it == s.whole.end()) return std::nullopt;
-  return it->second;
+  const int32_t id = s.whole.find(token);
+  if (id < 0) return std::nullopt;
+  return id;
 }
 
 const std::string& WordPiece::id_to_token(int32_t id) const {

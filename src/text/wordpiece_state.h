@@ -3,11 +3,11 @@
 #pragma once
 
 #include <array>
-#include <functional>
+#include <cstdint>
+#include <cstring>
 #include <optional>
 #include <string>
 #include <string_view>
-#include <unordered_map>
 #include <vector>
 
 #include "qkv/wordpiece.h"
@@ -15,11 +15,65 @@
 
 namespace qkv::text {
 
-struct StringViewHash {
-  using is_transparent = void;
-  size_t operator()(std::string_view s) const noexcept { return std::hash<std::string_view>{}(s); }
+// The vocabulary's string -> id lookup, read on every word: open addressing
+// over one flat array (linear probing, at most half full), the keys in one
+// arena, so that a lookup hashes once and reads a slot or two, where
+// std::unordered_map follows pointers to scattered nodes (half of encode's
+// time with it).
+class TokenTable {
+ public:
+  // Stores key -> id, or returns the id already stored for `key` (else -1).
+  int32_t insert(std::string_view key, int32_t id);
+
+  int32_t find(std::string_view key) const {  // -1 when absent
+    if (slots_.empty()) return -1;
+    const uint64_t h = hash(key);
+    const auto tag = static_cast<uint32_t>(h);
+    for (size_t i = h >> shift_;; i = (i + 1) & (slots_.size() - 1)) {
+      const Slot& s = slots_[i];
+      if (s.length == 0) return -1;
+      if (s.tag == tag && s.length == key.size() &&
+          std::memcmp(arena_.data() + s.offset, key.data(), key.size()) == 0)
+        return s.id;
+    }
+  }
+
+  size_t size() const { return size_; }
+  size_t longest() const { return longest_; }  // bytes of the longest key
+
+ private:
+  struct Slot {
+    uint32_t tag, offset, length;  // length 0: empty (keys are never empty)
+    int32_t id;
+  };
+
+  // 8 bytes at a time, multiply-xorshift mixing; the top bits pick the slot.
+  static uint64_t hash(std::string_view key) {
+    const char* p = key.data();
+    const size_t n = key.size();
+    uint64_t h = 0x9E3779B97F4A7C15ull ^ n;
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+      uint64_t v;
+      std::memcpy(&v, p + i, 8);
+      h = (h ^ v) * 0xFF51AFD7ED558CCDull;
+      h ^= h >> 32;
+    }
+    if (i < n) {
+      uint64_t v = 0;
+      std::memcpy(&v, p + i, n - i);
+      h = (h ^ v) * 0xC4CEB9FE1A85EC53ull;
+      h ^= h >> 29;
+    }
+    return (h ^ (h >> 32)) * 0x9E3779B97F4A7C15ull;
+  }
+  void rehash(size_t slots);
+
+  std::vector<Slot> slots_;
+  std::string arena_;
+  size_t size_ = 0, longest_ = 0;
+  int shift_ = 64;
 };
-using TokenIds = std::unordered_map<std::string, int32_t, StringViewHash, std::equal_to<>>;
 
 // A token matched whole in the raw text before normalisation (tokenizers'
 // added tokens with normalized = false; BERT's special tokens).
@@ -44,10 +98,8 @@ struct WordPieceState {
 
   std::vector<std::string> tokens;  // id -> token; the model's, then added ones past them
   size_t model_vocab_size = 0;
-  TokenIds whole;         // model token -> id
-  TokenIds continuation;  // model token with the prefix cut off -> id, for tokens with the prefix
-  size_t max_whole_bytes = 0;
-  size_t max_continuation_bytes = 0;
+  TokenTable whole;         // model token -> id
+  TokenTable continuation;  // model token with the prefix cut off -> id, for tokens with the prefix
   int32_t unk_id = -1;
 
   std::vector<AddedToken> added;           // longest first
