@@ -129,7 +129,9 @@ void bind_wordpiece(nb::module_& m) {
           nb::arg("text"), nb::arg("pair") = nb::none(), nb::arg("add_special_tokens") = true)
       .def(
           "encode_batch",
-          [](const WordPiece& wp, nb::list inputs, bool add_special_tokens) {
+          [](const WordPiece& wp, nb::sequence inputs, bool add_special_tokens) {
+            if (nb::isinstance<nb::str>(inputs))
+              throw Error("WordPiece.encode_batch: give a list of texts, not one str");
             std::vector<std::string> singles;
             std::vector<std::pair<std::string, std::string>> pairs;
             for (nb::handle item : inputs) {
@@ -228,7 +230,10 @@ void bind_wordpiece(nb::module_& m) {
           "tokenize", [](const WordPiece& wp, const std::string& s) { return wp.tokenize(s); },
           nb::arg("text"), "The tokens of `text`, without special tokens.")
       .def("decode", &WordPiece::decode, nb::arg("ids"), nb::arg("skip_special_tokens") = true)
-      .def("token_to_id", &WordPiece::token_to_id, nb::arg("token"))
+      .def(
+          "token_to_id",
+          [](const WordPiece& wp, const std::string& token) { return wp.token_to_id(token); },
+          nb::arg("token"))
       .def("id_to_token", &WordPiece::id_to_token, nb::arg("id"))
       .def_prop_ro("vocab_size", &WordPiece::vocab_size)
       .def_prop_ro("unk_id", &WordPiece::unk_id)

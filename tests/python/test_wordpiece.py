@@ -390,3 +390,30 @@ def test_hostile_vocab_files(tmp_path):
     with pytest.raises(qkv.QkvError, match="max_length 1 is shorter than the 2 special tokens"):
         wp.enable_truncation(1)
         wp.encode("hello")
+
+
+def test_python_api():
+    wp = qkv.WordPiece.from_tokens(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "##b"])
+    assert repr(wp) == "WordPiece(vocab_size=7, lowercase=True)"
+    assert (len(wp), wp.unk_id, wp.cls_id, wp.sep_id, wp.pad_id, wp.mask_id) == (7, 1, 2, 3, 0, 4)
+    assert wp.token_to_id("##b") == 6 and wp.token_to_id("zz") is None
+    assert wp.id_to_token(6) == "##b"
+    assert wp.num_special_tokens() == 2 and wp.num_special_tokens(pair=True) == 3
+    e = wp.encode("ab", "a")
+    assert (e.ids, e.type_ids, len(e)) == ([2, 5, 6, 3, 5, 3], [0, 0, 0, 0, 1, 1], 6)
+    assert [x.ids for x in wp.encode_batch(("a", "ab"))] == [[2, 5, 3], [2, 5, 6, 3]]
+    assert wp.encode_batch([]) == []
+    with pytest.raises(qkv.QkvError, match="not one str"):
+        wp.encode_batch("ab")
+    with pytest.raises(qkv.QkvError, match="either texts or"):
+        wp.encode_batch(["a", ("a", "b")])
+    with pytest.raises(qkv.QkvError, match="strategy must be"):
+        wp.enable_truncation(4, strategy="longest")
+    wp.enable_padding(length=5)
+    assert wp.padding == {"length": 5, "pad_to_multiple_of": None, "direction": "right",
+                          "pad_id": 0, "pad_type_id": 0}
+    assert wp.encode("a").attention_mask == [1, 1, 1, 0, 0]
+    wp.no_padding()
+    assert wp.padding is None and wp.truncation is None
+    with pytest.raises(qkv.QkvError, match="'a' is listed twice, with ids 3 and 4"):
+        qkv.WordPiece.from_tokens(["[UNK]", "[CLS]", "[SEP]", "a", "a"])
