@@ -29,6 +29,18 @@ from qkv import bert as qb  # noqa: E402
 pytestmark = pytest.mark.filterwarnings("ignore")
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One thread for qkv and torch: the results do not depend on it, and on a
+    busy 2-core machine a 2-thread team waits on preempted threads at every
+    op (10x slower here). conftest restores qkv's count; torch's is restored here."""
+    before = torch.get_num_threads()
+    qkv.set_num_threads(1)
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _q(t):
     return qkv.from_dlpack(t.detach().contiguous())
 
