@@ -169,8 +169,9 @@ std::optional<Padding> read_padding(const Fields& root, std::string& pad_token) 
 }
 
 void read_normalizer(const Fields& root, WordPieceState& s) {
-  if (!root.has("normalizer")) {
+  if (!root.has("normalizer")) {  // text goes to the pre-tokenizer as it is
     s.normalizer.reset();
+    s.config.normalization = {false, false, false, false};
     return;
   }
   const Fields n = root.object("normalizer");

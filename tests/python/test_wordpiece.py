@@ -338,6 +338,20 @@ def test_saved_tokenizer_json_round_trip(tmp_path):
     _assert_same(ours.encode_batch(pairs), ref.encode_batch(pairs), pairs)
 
 
+def test_tokenizer_json_without_normalizer_or_post_processor(minilm):
+    doc = _minilm_json(minilm)
+    doc.update(normalizer=None, post_processor=None, decoder=None, truncation=None, padding=None)
+    ours = qkv.WordPiece.from_tokenizer_json_str(json.dumps(doc))
+    ref = Tokenizer.from_str(json.dumps(doc))
+    texts = _edge_cases()
+    _assert_same(ours.encode_batch(texts), ref.encode_batch(texts), texts)
+    pairs = list(zip(texts, reversed(texts)))
+    _assert_same(ours.encode_batch(pairs), ref.encode_batch(pairs), pairs)
+    for t in texts:
+        ids = ref.encode(t).ids
+        assert ours.decode(ids) == ref.decode(ids)
+
+
 def _minilm_json(minilm) -> dict:
     return json.loads((minilm / "tokenizer.json").read_text(encoding="utf-8"))
 
