@@ -131,6 +131,10 @@ class BertModel : public Module {
   std::shared_ptr<Dense> pooler_;
 };
 
+// Every tensor of a Hugging Face model directory as stored (model.safetensors
+// or the shards of model.safetensors.index.json; zero-copy views, stored
+// dtypes): a BertFor* head's weights ("classifier.*", "cls.*") included.
+std::map<std::string, Tensor> load_pretrained_weights(const std::string& dir);
 // The weights of a BERT checkpoint directory under BertModel's names (see
 // from_pretrained: "bert." stripped, heads and non-persistent buffers left
 // out), for modules that hold a BertModel and a head of their own.

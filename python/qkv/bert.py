@@ -22,5 +22,6 @@ from ._qkv.bert import (  # noqa: F401
     l2_normalize_rows,
     load_bert_config,
     load_bert_weights,
+    load_pretrained_weights,
     pool_tokens,
 )

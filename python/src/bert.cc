@@ -120,6 +120,8 @@ void bind_bert(nb::module_& m) {
   mod.def("load_bert_weights", &nn::load_bert_weights, nb::arg("directory"),
           "A BERT directory's weights under BertModel's names ('bert.' stripped, heads left out).");
   mod.def("load_bert_config", &nn::load_bert_config, nb::arg("directory"));
+  mod.def("load_pretrained_weights", &nn::load_pretrained_weights, nb::arg("directory"),
+          "Every tensor of a Hugging Face directory as stored (single file or shards).");
 
   mod.def(
       "pool_tokens",

@@ -473,6 +473,10 @@ BertOutput BertModel::forward(const Tensor& input_ids, const Tensor& attention_m
 
 // ---- Hugging Face directories ----------------------------------------------------
 
+std::map<std::string, Tensor> load_pretrained_weights(const std::string& dir) {
+  return models::detail::load_weights(dir, "load_pretrained_weights");
+}
+
 std::map<std::string, Tensor> load_bert_weights(const std::string& dir) {
   std::map<std::string, Tensor> raw = models::detail::load_weights(dir, kFromPretrained);
   // BertFor* checkpoints keep the encoder under "bert." beside their head.

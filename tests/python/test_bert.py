@@ -210,6 +210,9 @@ def test_bert_for_heads_load_their_encoder(tmp_path):
     _compare(ours, cls.bert, ids, mask, tt, what="BertForSequenceClassification.bert")
     weights = qb.load_bert_weights(str(tmp_path / "cls"))
     assert "pooler.dense.weight" in weights and not any(k.startswith(("bert.", "classifier")) for k in weights)
+    raw = qb.load_pretrained_weights(str(tmp_path / "cls"))
+    assert torch.equal(torch.from_dlpack(raw["classifier.weight"]), cls.classifier.weight.detach())
+    assert len(raw) == len(weights) + 2
 
     mlm = transformers.BertForMaskedLM(transformers.BertConfig(**config)).eval()
     mlm.bert.set_attn_implementation("eager")
