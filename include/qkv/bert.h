@@ -55,9 +55,9 @@ struct BertConfig {
   double layer_norm_eps = 1e-12;
   double hidden_dropout_prob = 0.1;
   double attention_probs_dropout_prob = 0.1;
-  double initializer_range = 0.02;      // N(0, this) weights at initialisation
+  double initializer_range = 0.02;          // N(0, this) weights at initialisation
   std::optional<int64_t> pad_token_id = 0;  // the word embedding row without gradient
-  bool add_pooling_layer = true;        // not in config.json: whether "pooler.*" exists
+  bool add_pooling_layer = true;            // not in config.json: whether "pooler.*" exists
 
   // config.json's text -> config. Unknown keys are ignored, as transformers
   // does; a field of the wrong type, model_type other than "bert", an
@@ -73,8 +73,8 @@ struct BertConfig {
 
 struct BertOutput {
   autograd::Variable last_hidden_state;  // [B, L, H]
-  autograd::Variable pooler_output;      // [B, H]: tanh(dense(first token)); undefined without a pooler
-  std::vector<Tensor> attentions;        // per layer f32 [B, heads, L, L], when asked for
+  autograd::Variable pooler_output;  // [B, H]: tanh(dense(first token)); undefined without a pooler
+  std::vector<Tensor> attentions;    // per layer f32 [B, heads, L, L], when asked for
 };
 
 struct BertForwardOptions {

@@ -111,10 +111,8 @@ void bind_bert(nb::module_& m) {
           nb::arg("input_ids"), nb::arg("attention_mask") = nb::none(),
           nb::arg("token_type_ids") = nb::none(), nb::arg("output_attentions") = false,
           nb::arg("pooler") = true)
-      .def("__call__",
-           [](nb::handle self, nb::args args, nb::kwargs kwargs) {
-             return self.attr("forward")(*args, **kwargs);
-           })
+      .def("__call__", [](nb::handle self, nb::args args,
+                          nb::kwargs kwargs) { return self.attr("forward")(*args, **kwargs); })
       .def_prop_ro("config", &nn::BertModel::config);
 
   mod.def("load_bert_weights", &nn::load_bert_weights, nb::arg("directory"),
@@ -129,7 +127,8 @@ void bind_bert(nb::module_& m) {
         return pool_tokens(hidden, or_empty(attention_mask), pooling_of(pooling));
       },
       nb::arg("hidden"), nb::arg("attention_mask") = nb::none(), nb::arg("pooling") = "mean",
-      "hidden [B, L, H] -> [B, H] over the tokens the mask keeps (sentence-transformers' Pooling).");
+      "hidden [B, L, H] -> [B, H] over the tokens the mask keeps (sentence-transformers' "
+      "Pooling).");
   mod.def("l2_normalize_rows", &l2_normalize_rows, nb::arg("x"));
 
   nb::class_<SentenceEncoder>(mod, "SentenceEncoder",

@@ -25,15 +25,14 @@ constexpr const char* kFromPretrained = "BertModel.from_pretrained";
 // The BERT encoders this model reproduces (config.json's "architectures").
 // BertLMHeadModel and BertGeneration are decoders.
 const std::set<std::string>& bert_architectures() {
-  static const std::set<std::string> names = {
-      "BertModel",
-      "BertForMaskedLM",
-      "BertForPreTraining",
-      "BertForSequenceClassification",
-      "BertForTokenClassification",
-      "BertForQuestionAnswering",
-      "BertForMultipleChoice",
-      "BertForNextSentencePrediction"};
+  static const std::set<std::string> names = {"BertModel",
+                                              "BertForMaskedLM",
+                                              "BertForPreTraining",
+                                              "BertForSequenceClassification",
+                                              "BertForTokenClassification",
+                                              "BertForQuestionAnswering",
+                                              "BertForMultipleChoice",
+                                              "BertForNextSentencePrediction"};
   return names;
 }
 
@@ -299,7 +298,9 @@ class BertModel::Table : public Module {
     weight_ = register_parameter("weight", Tensor::empty({rows, dim}));
   }
   // ids (any shape) -> [..., dim]
-  Variable forward(const Tensor& ids) const { return autograd::embedding(weight_, ids, padding_idx_); }
+  Variable forward(const Tensor& ids) const {
+    return autograd::embedding(weight_, ids, padding_idx_);
+  }
   // rows [start, start + length) as a [length, dim] view
   Variable rows(int64_t start, int64_t length) const {
     return autograd::narrow(weight_, 0, start, length);
@@ -311,7 +312,6 @@ class BertModel::Table : public Module {
   int64_t padding_idx_;
   Variable weight_;
 };
-
 
 class BertModel::Layer : public Module {
  public:
@@ -396,26 +396,27 @@ BertModel::BertModel(const BertConfig& config, Generator& generator, bool initia
     : config_(config) {
   config_.validate();
   const int64_t h = config_.hidden_size;
-  word_embeddings_ = register_module(
-      "embeddings.word_embeddings",
-      std::make_shared<Table>(config_.vocab_size, h, config_.pad_token_id));
+  word_embeddings_ =
+      register_module("embeddings.word_embeddings",
+                      std::make_shared<Table>(config_.vocab_size, h, config_.pad_token_id));
   position_embeddings_ =
       register_module("embeddings.position_embeddings",
                       std::make_shared<Table>(config_.max_position_embeddings, h, std::nullopt));
   token_type_embeddings_ =
       register_module("embeddings.token_type_embeddings",
                       std::make_shared<Table>(config_.type_vocab_size, h, std::nullopt));
-  embeddings_norm_ = register_module(
-      "embeddings.LayerNorm",
-      std::make_shared<LayerNorm>(LayerNormConfig{.dim = h, .eps = config_.layer_norm_eps},
-                                  generator));
+  embeddings_norm_ =
+      register_module("embeddings.LayerNorm",
+                      std::make_shared<LayerNorm>(
+                          LayerNormConfig{.dim = h, .eps = config_.layer_norm_eps}, generator));
   embeddings_dropout_ = register_module(
       "embeddings.dropout",
       std::make_shared<Dropout>(DropoutConfig{config_.hidden_dropout_prob}, generator));
   for (int64_t i = 0; i < config_.num_hidden_layers; ++i)
     layers_.push_back(register_module("encoder.layer." + std::to_string(i),
                                       std::make_shared<Layer>(config_, generator)));
-  if (config_.add_pooling_layer) pooler_ = register_module("pooler.dense", std::make_shared<Dense>(h, h));
+  if (config_.add_pooling_layer)
+    pooler_ = register_module("pooler.dense", std::make_shared<Dense>(h, h));
   if (!initialise) return;
   init_bert_weights(*this, config_, generator);
   if (config_.pad_token_id)
@@ -431,10 +432,9 @@ BertOutput BertModel::forward(const Tensor& input_ids, const Tensor& attention_m
   QKV_CHECK(input_ids.defined() && input_ids.dim() == 2 &&
                 (input_ids.dtype() == DType::i32 || input_ids.dtype() == DType::i64),
             "BertModel.forward: input_ids must be i32 / i64 [B, L], got ",
-            input_ids.defined()
-                ? qkv::detail::str(dtype_name(input_ids.dtype()), " ",
-                                   shape_string(input_ids.shape()))
-                : std::string("undefined"));
+            input_ids.defined() ? qkv::detail::str(dtype_name(input_ids.dtype()), " ",
+                                                   shape_string(input_ids.shape()))
+                                : std::string("undefined"));
   const int64_t b = input_ids.size(0), l = input_ids.size(1);
   QKV_CHECK(b > 0 && l > 0, "BertModel.forward: input_ids ", shape_string(input_ids.shape()),
             " is empty");
@@ -452,9 +452,8 @@ BertOutput BertModel::forward(const Tensor& input_ids, const Tensor& attention_m
   // Without token_type_ids every position is type 0, and positions are
   // 0 .. L - 1: rows of the tables broadcast over the batch, no gather.
   Variable x = word_embeddings_->forward(input_ids);
-  x = autograd::add(x, token_type_ids.defined()
-                           ? token_type_embeddings_->forward(token_type_ids)
-                           : token_type_embeddings_->rows(0, 1));
+  x = autograd::add(x, token_type_ids.defined() ? token_type_embeddings_->forward(token_type_ids)
+                                                : token_type_embeddings_->rows(0, 1));
   x = autograd::add(x, position_embeddings_->rows(0, l));
   x = embeddings_dropout_->forward(embeddings_norm_->forward(x));
 

@@ -66,8 +66,8 @@ std::map<std::string, Tensor> load_sharded(const std::string& dir, const char* w
               "' does not exist");
     const safetensors::File shard = open_safetensors(path, what);
     for (const std::string& name : names)
-      QKV_CHECK(shard.contains(name), what, ": '", index_path, "' places tensor '", name,
-                "' in '", file, "', which does not hold it");
+      QKV_CHECK(shard.contains(name), what, ": '", index_path, "' places tensor '", name, "' in '",
+                file, "', which does not hold it");
     for (const auto& info : shard.tensors()) {
       QKV_CHECK(!out.count(info.name), what, ": tensor '", info.name,
                 "' is stored in more than one shard (again in '", path, "')");
@@ -119,8 +119,8 @@ std::map<std::string, Tensor> load_weights(const std::string& dir, const char* w
             "' holds its weights only as '", kPickle,
             "' (a pickle, which qkv does not read): safetensors is required; convert it with "
             "transformers (model.save_pretrained(dir, safe_serialization=True))");
-  throw Error(qkv::detail::str(what, ": '", dir, "' has no weights: neither '", kWeights,
-                               "' nor '", kIndex, "'"));
+  throw Error(qkv::detail::str(what, ": '", dir, "' has no weights: neither '", kWeights, "' nor '",
+                               kIndex, "'"));
 }
 
 void save_directory(const std::string& dir, const json& config,
@@ -130,9 +130,9 @@ void save_directory(const std::string& dir, const json& config,
   QKV_CHECK(!ec && std::filesystem::is_directory(dir), what, ": cannot create directory '", dir,
             "': ", ec ? ec.message() : std::string("a file is in the way"));
   const std::string text = config.dump(2) + "\n";
-  io::write_file_atomically(join_path(dir, "config.json"),
-                            std::span<const uint8_t>(
-                                reinterpret_cast<const uint8_t*>(text.data()), text.size()));
+  io::write_file_atomically(
+      join_path(dir, "config.json"),
+      std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(text.data()), text.size()));
   safetensors::save(join_path(dir, kWeights), weights, {{"format", "pt"}});
 }
 

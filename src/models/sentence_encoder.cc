@@ -77,8 +77,8 @@ std::vector<float> mask_weights(const Tensor& mask, int64_t b, int64_t l) {
   std::vector<float> w(static_cast<size_t>(b * l), 1.0f);
   if (!mask.defined()) return w;
   QKV_CHECK(mask.dim() == 2 && mask.size(0) == b && mask.size(1) == l,
-            "pool_tokens: attention_mask has shape ", shape_string(mask.shape()), "; expected [",
-            b, ", ", l, "]");
+            "pool_tokens: attention_mask has shape ", shape_string(mask.shape()), "; expected [", b,
+            ", ", l, "]");
   const Tensor m = mask.to(DType::f32).contiguous();
   for (int64_t i = 0; i < b * l; ++i) w[i] = m.data<float>()[i] != 0.0f ? 1.0f : 0.0f;
   return w;
@@ -133,8 +133,8 @@ Tensor pool_tokens(const Tensor& hidden, const Tensor& attention_mask, SentenceP
     }
     // The count clamped at 1e-9, as sentence-transformers does (a row of only
     // padding pools to 0).
-    const double divisor = pooling == SentencePooling::mean ? std::max(count, 1e-9)
-                                                            : std::sqrt(std::max(count, 1e-9));
+    const double divisor =
+        pooling == SentencePooling::mean ? std::max(count, 1e-9) : std::sqrt(std::max(count, 1e-9));
     for (int64_t j = 0; j < h; ++j) dst[j] = static_cast<float>(acc[j] / divisor);
   }
   return out;
@@ -155,7 +155,8 @@ Tensor l2_normalize_rows(const Tensor& x) {
   return out;
 }
 
-SentenceEncoder SentenceEncoder::load(const std::string& dir, const SentenceEncoderOptions& options) {
+SentenceEncoder SentenceEncoder::load(const std::string& dir,
+                                      const SentenceEncoderOptions& options) {
   using models::detail::file_exists;
   using models::detail::join_path;
   QKV_CHECK(options.dtype == DType::f32 || options.dtype == DType::bf16, kLoad,
@@ -166,7 +167,8 @@ SentenceEncoder SentenceEncoder::load(const std::string& dir, const SentenceEnco
   bool normalize = false;
   const std::string modules_path = join_path(dir, "modules.json");
   if (file_exists(modules_path)) {
-    // [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"}, ...]
+    // [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+    // ...]
     const json modules = models::detail::read_json(modules_path, kLoad);
     QKV_CHECK(modules.is_array(), kLoad, ": '", modules_path, "' is not a list of modules");
     bool transformer = false;
@@ -197,7 +199,8 @@ SentenceEncoder SentenceEncoder::load(const std::string& dir, const SentenceEnco
   }
   e.model_ = nn::BertModel::from_pretrained(model_dir);
   const int64_t hidden = e.model_->config().hidden_size;
-  e.pooling_ = pooling_config.empty() ? SentencePooling::mean : read_pooling(pooling_config, hidden);
+  e.pooling_ =
+      pooling_config.empty() ? SentencePooling::mean : read_pooling(pooling_config, hidden);
   e.normalize_ = options.normalize.value_or(normalize);
   e.max_seq_length_ = e.model_->config().max_position_embeddings;
   // The tokenizer beside the weights (sentence-transformers' Transformer
@@ -240,8 +243,7 @@ SentenceEncoder SentenceEncoder::load(const std::string& dir, const SentenceEnco
 Tensor SentenceEncoder::embed(const std::vector<std::string>& texts, int64_t batch_size) const {
   QKV_CHECK(tokenizer_, "SentenceEncoder.embed: '", dir_,
             "' has no tokenizer (tokenizer.json or vocab.txt); pass token ids instead");
-  QKV_CHECK(batch_size > 0, "SentenceEncoder.embed: batch_size must be positive, got ",
-            batch_size);
+  QKV_CHECK(batch_size > 0, "SentenceEncoder.embed: batch_size must be positive, got ", batch_size);
   const int64_t n = static_cast<int64_t>(texts.size()), h = dimension();
   Tensor out = Tensor::empty({n, h});
   if (n == 0) return out;
@@ -250,15 +252,15 @@ Tensor SentenceEncoder::embed(const std::vector<std::string>& texts, int64_t bat
   // sorts by length too); each batch is padded to its longest text.
   std::vector<int64_t> order(n);
   std::iota(order.begin(), order.end(), 0);
-  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
-    return encoded[a].size() > encoded[b].size();
-  });
+  std::stable_sort(order.begin(), order.end(),
+                   [&](int64_t a, int64_t b) { return encoded[a].size() > encoded[b].size(); });
   const int64_t pad = tokenizer_->pad_id().value_or(0);
   for (int64_t start = 0; start < n; start += batch_size) {
     const int64_t count = std::min(batch_size, n - start);
     const int64_t l = static_cast<int64_t>(encoded[order[start]].size());
     Tensor ids = Tensor::full({count, l}, static_cast<double>(pad), DType::i64);
-    Tensor mask = Tensor::zeros({count, l}, DType::i64), types = Tensor::zeros({count, l}, DType::i64);
+    Tensor mask = Tensor::zeros({count, l}, DType::i64),
+           types = Tensor::zeros({count, l}, DType::i64);
     for (int64_t i = 0; i < count; ++i) {
       const text::Encoding& e = encoded[order[start + i]];
       for (size_t t = 0; t < e.size(); ++t) {

@@ -8,8 +8,8 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
-#include <cmath>
 #include <algorithm>
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -137,8 +137,8 @@ TEST(Bert, PaddingIsInvisible) {
   const Tensor mask = ids_tensor({1, 1, 1, 1, 0, 0, 1, 1, 1, 1, 1, 1}, 2, 6);
   const Tensor types = ids_tensor({0, 0, 1, 1, 0, 0, 0, 1, 1, 1, 1, 0}, 2, 6);
   const auto out = model->forward(padded, mask, types, {.output_attentions = true});
-  const auto alone = model->forward(ids_tensor({2, 6, 11, 4}, 1, 4), Tensor(),
-                                    ids_tensor({0, 0, 1, 1}, 1, 4));
+  const auto alone =
+      model->forward(ids_tensor({2, 6, 11, 4}, 1, 4), Tensor(), ids_tensor({0, 0, 1, 1}, 1, 4));
   const Tensor got = out.last_hidden_state.value().select(0, 0).narrow(0, 0, 4).contiguous();
   const auto want = alone.last_hidden_state.value().select(0, 0).to_values();
   const auto g = got.to_values();
@@ -179,11 +179,14 @@ TEST(Bert, GradientsMatchFiniteDifferences) {
                          autograd::sum(autograd::mul(out.pooler_output, Variable(wp))));
   };
   loss().backward();
-  const std::vector<std::string> names = {
-      "embeddings.word_embeddings.weight",        "embeddings.position_embeddings.weight",
-      "embeddings.LayerNorm.weight",              "encoder.layer.0.attention.self.query.weight",
-      "encoder.layer.0.attention.self.value.bias", "encoder.layer.1.intermediate.dense.weight",
-      "encoder.layer.1.output.LayerNorm.bias",     "pooler.dense.weight"};
+  const std::vector<std::string> names = {"embeddings.word_embeddings.weight",
+                                          "embeddings.position_embeddings.weight",
+                                          "embeddings.LayerNorm.weight",
+                                          "encoder.layer.0.attention.self.query.weight",
+                                          "encoder.layer.0.attention.self.value.bias",
+                                          "encoder.layer.1.intermediate.dense.weight",
+                                          "encoder.layer.1.output.LayerNorm.bias",
+                                          "pooler.dense.weight"};
   for (const auto& [name, p] : model.named_parameters()) {
     if (std::find(names.begin(), names.end(), name) == names.end()) continue;
     ASSERT_TRUE(p.grad().defined()) << name;
@@ -244,9 +247,9 @@ TEST(Bert, SentenceEncoderPoolsAndNormalises) {
   // their longest, rows in the texts' order, equal to the ids' embeddings.
   EXPECT_EQ(enc.tokenizer(), nullptr);
   std::string vocab;
-  for (const char* t : {"[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "good", "bad", "movie",
-                        "is", "not", "the", "##s", ",", ".", "!", "plot", "fun", "it", "was",
-                        "dull", "very", "##ly"})
+  for (const char* t : {"[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a",    "good", "bad",
+                        "movie", "is",    "not",   "the",   "##s",    ",",    ".",    "!",
+                        "plot",  "fun",   "it",    "was",   "dull",   "very", "##ly"})
     vocab += std::string(t) + "\n";
   write(dir / "m/vocab.txt", vocab);
   SentenceEncoder with_text = SentenceEncoder::load(d);
