@@ -156,7 +156,9 @@ TEST(Bert, PaddingIsInvisible) {
           double row = 0;
           for (int64_t j = 0; j < 6; ++j) row += w.at({b, h, i, j});
           EXPECT_NEAR(row, 1.0, 1e-5);
-          if (b == 0) EXPECT_EQ(w.at({b, h, i, 4}) + w.at({b, h, i, 5}), 0.0);
+          if (b == 0) {
+            EXPECT_EQ(w.at({b, h, i, 4}) + w.at({b, h, i, 5}), 0.0);
+          }
         }
   }
 }
