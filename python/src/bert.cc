@@ -162,6 +162,13 @@ void bind_bert(nb::module_& m) {
           "Texts -> f32 [N, H] as sentence-transformers' encode (the directory's WordPiece, "
           "truncation at max_seq_length, batches of similar length).")
       .def(
+          "encode",
+          [](const SentenceEncoder& e, const std::string& text, int64_t batch_size) {
+            nb::gil_scoped_release release;
+            return e.embed(std::vector<std::string>{text}, batch_size).select(0, 0);
+          },
+          nb::arg("sentence"), nb::arg("batch_size") = 32, "One text -> f32 [H].")
+      .def(
           "tokenize",
           [](const SentenceEncoder& e, const std::vector<std::string>& texts) {
             QKV_CHECK(e.tokenizer(), "SentenceEncoder.tokenize: the directory has no tokenizer");

@@ -454,6 +454,8 @@ def test_minilm_sentence_embeddings_match_sentence_transformers(minilm, sentence
     cos = torch.nn.functional.cosine_similarity(_t(enc.encode(texts, batch_size=4)), want_text, dim=1)
     assert float(cos.min()) >= 0.99999, cos
     assert len(enc.tokenize(texts[-2:])[0]) == 256
+    one = _t(enc.encode(texts[3]))
+    assert one.shape == (384,) and float((one - _t(enc.encode(texts[3:4]))[0]).abs().max()) < 1e-6
     # bf16 matrix products: close, not equal.
     cos16 = torch.nn.functional.cosine_similarity(
         _t(qb.SentenceEncoder(str(d), dtype="bf16").embed(_q(ids), _q(mask))), want, dim=1)
