@@ -391,3 +391,23 @@ def test_gpt_from_keyword_arguments():
     assert all(np.array_equal(sa[k].numpy(), sb[k].numpy()) for k in sa)  # same seed, same weights
     with pytest.raises(qkv.QkvError, match="not both"):
         nn.GPT(b.config, vocab_size=3)
+
+
+@pytest.mark.parametrize("name", ["learned-tied", "rotary-untied"])
+def test_bf16_autocast_stays_close_to_f32(name):
+    """Under qkv.autograd.autocast the projections and the packed attention run on bf16 copies;
+    the loss and the gradients stay near the f32 ones (bf16 has 8 bits of mantissa)."""
+    model, _ = models(name, seed=12)
+    c = config(name)
+    ids, targets = (qkv.from_dlpack(t) for t in batch(c, 2, c["context"], seed=13))
+    loss32 = model.loss(ids, targets)
+    loss32.backward()
+    g32 = {n: _t(p.grad).clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    with qkv.autograd.autocast():
+        loss16 = model.loss(ids, targets)
+    loss16.backward()
+    assert abs(float(_t(loss16.value)) - float(_t(loss32.value))) <= 2e-2 * abs(float(_t(loss32.value)))
+    for n, p in model.named_parameters():
+        err = float((_t(p.grad) - g32[n]).abs().max())
+        assert err <= 5e-2 * float(g32[n].abs().max()), n
