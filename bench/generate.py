@@ -70,6 +70,7 @@ def torch_model(state: dict, c: dict = CFG):
 
         def forward(self, x, cache=None, start=0):
             b, t, _ = x.shape
+            p = c.get("dropout", 0.0) if self.training else 0.0
             q, k, v = self.attn.c_attn(self.ln_1(x)).split(d, dim=2)
             q, k, v = (z.view(b, t, h, d // h).transpose(1, 2) for z in (q, k, v))
             if cache is not None:  # [B, H, capacity, Dh] each, written in place
@@ -77,9 +78,9 @@ def torch_model(state: dict, c: dict = CFG):
                 cache[1][:, :, start:start + t] = v
                 k, v = cache[0][:, :, :start + t], cache[1][:, :, :start + t]
             # One query against the cache sees every key; a prefill is causal (from position 0).
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=t > 1)
-            x = x + self.attn.c_proj(y.transpose(1, 2).reshape(b, t, d))
-            return x + self.mlp.c_proj(F.gelu(self.mlp.c_fc(self.ln_2(x)), approximate="tanh"))
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=t > 1, dropout_p=p)
+            x = x + F.dropout(self.attn.c_proj(y.transpose(1, 2).reshape(b, t, d)), p)
+            return x + F.dropout(self.mlp.c_proj(F.gelu(self.mlp.c_fc(self.ln_2(x)), approximate="tanh")), p)
 
     class GPT(torch.nn.Module):
         def __init__(self):
@@ -97,12 +98,13 @@ def torch_model(state: dict, c: dict = CFG):
 
         def all_logits(self, idx):
             x = self.transformer.wte(idx) + self.transformer.wpe(torch.arange(idx.shape[1]))
+            x = F.dropout(x, c.get("dropout", 0.0) if self.training else 0.0)
             for block in self.transformer.h:
                 x = block(x)
             return self.transformer.ln_f(x) @ self.transformer.wte.weight.T
 
         def loss(self, idx, targets):
-            logits = self.all_logits(idx)
+            logits = self.all_logits(idx).float()
             return F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.view(-1), ignore_index=-1)
 
         @torch.no_grad()
@@ -173,15 +175,22 @@ TRAIN = {"vocab_size": 65, "context": 128, "n_layer": 4, "n_head": 4, "d_model":
 LR, BETAS, WD = 3e-4, (0.9, 0.95), 0.1
 
 
-def train_step_row(threads: int, reps: int, warmup: int) -> dict:
+def train_step_row(threads: int, reps: int, warmup: int, bf16: bool = False, dropout: float = 0.0) -> dict:
     """Forward, mean cross-entropy, backward, AdamW, zero grads: qkv.nn.GPT.loss vs the torch model
-    from the same weights on the same batch; tokens/s = B * T / median step time."""
+    from the same weights on the same batch; tokens/s = B * T / median step time. bf16: under
+    qkv.autograd.autocast / torch.autocast("cpu", bfloat16)."""
+    import contextlib
+
     import torch
 
     import qkv
+    import qkv.autograd
     import qkv.nn as nn
 
     c = {k: v for k, v in TRAIN.items() if k != "batch"}
+    c["dropout"] = dropout
+    q_cast = (lambda: qkv.autograd.autocast()) if bf16 else contextlib.nullcontext
+    t_cast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
     model = nn.GPT(nn.GPTConfig(**c), seed=1)
     ref = torch_model(model.state_dict(), c).train()
     rng = np.random.default_rng(1)
@@ -192,25 +201,34 @@ def train_step_row(threads: int, reps: int, warmup: int) -> dict:
     named = model.named_parameters()
     q_opt = qkv.AdamW(model.state_dict(), lr=LR, betas=BETAS, weight_decay=WD)
     t_opt = torch.optim.AdamW(ref.parameters(), lr=LR, betas=BETAS, weight_decay=WD)
-    ql, tl = float(torch.from_dlpack(model.loss(q_ids, q_targets).value)), float(ref.loss(t_ids, t_targets))
-    assert abs(ql - tl) <= 1e-4 * abs(tl), (ql, tl)
+    model.eval(), ref.eval()  # the check without dropout
+    with q_cast():
+        ql = float(torch.from_dlpack(model.loss(q_ids, q_targets).value))
+    with t_cast():
+        tl = float(ref.loss(t_ids, t_targets).detach())
+    assert abs(ql - tl) <= (1e-2 if bf16 else 1e-4) * abs(tl), (ql, tl)
+    model.train(), ref.train()
 
     def qkv_step():
-        model.loss(q_ids, q_targets).backward()
+        with q_cast():
+            loss = model.loss(q_ids, q_targets)
+        loss.backward()
         q_opt.step({n: v.grad for n, v in named if v.grad is not None})
         model.zero_grad()
 
     def torch_step():
-        ref.loss(t_ids, t_targets).backward()
+        with t_cast():
+            loss = ref.loss(t_ids, t_targets)
+        loss.backward()
         t_opt.step()
         t_opt.zero_grad(set_to_none=True)
 
     runner.set_threads(threads)
     t = timed({"qkv": qkv_step, "torch": torch_step}, reps, warmup)
     tokens = TRAIN["batch"] * TRAIN["context"]
-    row = {"threads": threads, "loss_qkv": ql, "loss_torch": tl, "times": t,
+    row = {"threads": threads, "dtype": "bf16" if bf16 else "f32", "dropout": dropout, "loss_qkv": ql, "loss_torch": tl, "times": t,
            "qkv_tokens_per_s": tokens / t["qkv"]["median_s"], "torch_tokens_per_s": tokens / t["torch"]["median_s"]}
-    print(f"train step, threads {threads}: qkv {row['qkv_tokens_per_s']:.0f} tokens/s, "
+    print(f"train step, {row['dtype']}, dropout {dropout}, threads {threads}: qkv {row['qkv_tokens_per_s']:.0f} tokens/s, "
           f"torch {row['torch_tokens_per_s']:.0f} tokens/s", flush=True)
     return row
 
@@ -258,14 +276,16 @@ def markdown(result: dict) -> str:
         tc = TRAIN
         lines += ["", f"For context, one training step at the shape the 30-minute Tiny Shakespeare run uses: "
                   f"{tc['n_layer']} layers, d {tc['d_model']}, {tc['n_head']} heads, context {tc['context']}, "
-                  f"batch {tc['batch']}, vocab {tc['vocab_size']}, no dropout (forward, cross-entropy, backward, "
-                  "AdamW, zero grads; qkv.nn.GPT.loss vs the torch model above, same weights and batch, "
-                  "alternating, median):", "",
-                  "| threads | qkv step (ms) | torch step (ms) | qkv tokens/s | torch tokens/s | ratio |",
-                  "|---:|---:|---:|---:|---:|---:|"]
+                  f"batch {tc['batch']}, vocab {tc['vocab_size']} (forward, cross-entropy, backward, "
+                  "AdamW, zero grads; qkv.nn.GPT.loss vs the torch model above with the same dropout sites, "
+                  "same weights and batch, alternating, median; bf16 = qkv.autograd.autocast / "
+                  "torch.autocast):", "",
+                  "| dtype | dropout | threads | qkv step (ms) | torch step (ms) | qkv tokens/s | torch tokens/s "
+                  "| ratio |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|"]
         for r in result["train_step"]:
             q, t = r["times"]["qkv"]["median_s"], r["times"]["torch"]["median_s"]
-            lines.append(f"| {r['threads']} | {q * 1e3:.0f} | {t * 1e3:.0f} | {r['qkv_tokens_per_s']:.0f} | "
+            lines.append(f"| {r['dtype']} | {r['dropout']} | {r['threads']} | {q * 1e3:.0f} | {t * 1e3:.0f} | {r['qkv_tokens_per_s']:.0f} | "
                          f"{r['torch_tokens_per_s']:.0f} | {t / q:.2f} |")
     c = result["check"]
     lines += ["", "speed-up = uncached / cached time; qkv vs torch = torch time / qkv time (> 1: qkv is faster).",
@@ -324,7 +344,8 @@ def main(argv=None) -> int:
             print(f"           torch cached {tc:.3f} s, uncached {tu:.2f} s; qkv vs torch {tc / qc:.2f}x cached, "
                   f"{tu / qu:.2f}x uncached", flush=True)
         rows.append({"threads": threads, "times": times, "speedup": qu / qc})
-    train = [train_step_row(t, args.train_reps, 2) for t in args.threads] if args.train_reps else []
+    train = [train_step_row(t, args.train_reps, 2, bf16, dropout) for bf16, dropout in ((False, 0.0), (True, 0.1))
+             for t in args.threads] if args.train_reps else []
     result = bench.to_json()
     result.pop("results")
     result["method"] = {"reps_cached": args.reps_cached, "reps_uncached": args.reps_uncached,
