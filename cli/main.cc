@@ -1,4 +1,5 @@
-// The qkv command: train, generate, eval, attend, bench, info, demo.
+// The qkv command: train, generate, eval, attend, bench, info, demo, embed,
+// classify.
 //
 // Errors from the library or the command line print one line on stderr
 // ("qkv: error: ...") and exit non-zero (2 for usage errors, 1 for the rest,
@@ -10,6 +11,7 @@
 #include <iostream>
 #include <nlohmann/json.hpp>
 
+#include "classify.h"
 #include "commands.h"
 #include "demo.h"
 #include "qkv/qkv.h"
@@ -19,8 +21,10 @@ namespace {
 
 namespace fs = std::filesystem;
 
-// Binds every TrainConfig setting as a --flag (underscores become dashes).
-void add_train_options(CLI::App& cmd, qkv::cli::TrainConfig& config) {
+// Binds every setting of a config (TrainConfig, ClassifyConfig) as a --flag
+// (underscores become dashes).
+template <class Config>
+void add_config_options(CLI::App& cmd, Config& config) {
   config.fields([&](const char* name, auto& field, const char* help) {
     std::string flag = std::string("--") + name;
     std::replace(flag.begin(), flag.end(), '_', '-');
@@ -41,23 +45,28 @@ nlohmann::json read_json_file(const std::string& path) {
   }
 }
 
-// The settings of a run: defaults, then a config file (--config, or the
+// The settings of a run: `defaults`, then a config file (--config, or the
 // run's own config.json when resuming), then the flags given on the command
-// line, which win.
-qkv::cli::TrainConfig resolve_train_config(CLI::App& cmd, const qkv::cli::TrainConfig& flags,
-                                           const std::string& config_path,
-                                           const std::string& resume_dir) {
-  qkv::cli::TrainConfig config;  // defaults
-  config.data = flags.data;
+// line, which win. A file's "task": "lm" is the GPT trainer's own (its
+// TrainConfig has no task field).
+template <class Config>
+Config resolve_config(CLI::App& cmd, const Config& defaults, const Config& flags,
+                      const std::string& config_path, const std::string& resume_dir) {
+  Config config = defaults;
+  auto update = [&](nlohmann::json j, const std::string& source) {
+    if constexpr (std::is_same_v<Config, qkv::cli::TrainConfig>)
+      if (j.is_object() && j.value("task", nlohmann::json()) == "lm") j.erase("task");
+    config.update_from_json(j, source);
+  };
   if (!resume_dir.empty()) {
     const std::string run_config = (fs::path(resume_dir) / "config.json").string();
     if (!fs::exists(run_config))
       throw qkv::Error("--resume: '" + resume_dir + "' holds no config.json (not a qkv run)");
-    config.update_from_json(read_json_file(run_config), run_config);
+    update(read_json_file(run_config), run_config);
   }
-  if (!config_path.empty()) config.update_from_json(read_json_file(config_path), config_path);
+  if (!config_path.empty()) update(read_json_file(config_path), config_path);
   // Copy over every flag that was given explicitly.
-  qkv::cli::TrainConfig given = flags;
+  Config given = flags;
   config.fields([&](const char* name, auto& field, const char*) {
     std::string flag = std::string("--") + name;
     std::replace(flag.begin(), flag.end(), '_', '-');
@@ -68,6 +77,37 @@ qkv::cli::TrainConfig resolve_train_config(CLI::App& cmd, const qkv::cli::TrainC
     });
   });
   return config;
+}
+
+// Which trainer `qkv train` runs, known before its flags are declared (each
+// task has its own): --task, else the "task" of the --config file or of the
+// --resume run's config.json, else "lm". Unreadable files are left to the
+// real parse to report.
+std::string train_task(int argc, char** argv) {
+  int train = 1;
+  while (train < argc && std::string(argv[train]) != "train") ++train;
+  if (train == argc) return "lm";
+  std::string task, config, resume;
+  for (int i = train + 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    auto value = [&](const char* flag, std::string& out) {
+      const std::string f = flag;
+      if (arg == f && i + 1 < argc) out = argv[i + 1];
+      if (arg.rfind(f + "=", 0) == 0) out = arg.substr(f.size() + 1);
+    };
+    value("--task", task);
+    value("--config", config);
+    value("--resume", resume);
+  }
+  if (!task.empty()) return task;
+  for (const std::string& path :
+       {config, resume.empty() ? std::string() : (fs::path(resume) / "config.json").string()}) {
+    if (path.empty()) continue;
+    std::ifstream in(path);
+    const auto j = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
+    if (j.is_object() && j.contains("task") && j["task"].is_string()) return j["task"];
+  }
+  return "lm";
 }
 
 // Indented JSON; text that is not valid UTF-8 (it never should be) is
@@ -90,12 +130,22 @@ int main(int argc, char** argv) {
   app.add_flag("--json", json, "Print the results as JSON on stdout (the report goes to stderr)");
 
   // ---- train ----
-  qkv::cli::TrainConfig train_flags;
-  train_flags.data = QKV_DEFAULT_DATA;
-  qkv::cli::TrainRun train_run{.out = "runs/shakespeare"};
-  std::string train_config_path, resume_dir;
+  // --task lm (the default): a GPT on a text file; classify / mlm: BERT-family
+  // encoders and the attention-pooling classifier on sentences (classify.h).
+  const std::string task = train_task(argc, argv);
+  const bool encoder_task = task == "classify" || task == "mlm";
+  qkv::cli::TrainConfig train_defaults, train_flags;
+  train_defaults.data = train_flags.data = QKV_DEFAULT_DATA;
+  qkv::cli::ClassifyConfig classify_flags;
+  qkv::cli::TrainRun train_run{.out = encoder_task ? "runs/" + task : "runs/shakespeare"};
+  std::string train_config_path, resume_dir, lm_task = "lm";
   auto* train_cmd = app.add_subcommand(
-      "train", "Train a GPT language model on a text file (default: Tiny Shakespeare, characters)");
+      "train", encoder_task
+                   ? "Fine-tune a BERT classifier, train the attention-pooling classifier "
+                     "(--task classify) or pretrain a BERT encoder (--task mlm) on sentences"
+                   : "Train a GPT language model on a text file (default: Tiny Shakespeare, "
+                     "characters); --task classify / mlm: BERT-family encoders (see qkv train "
+                     "--task classify --help)");
   train_cmd->add_option("--config", train_config_path,
                         "JSON file of settings (keys as the flags, with underscores)")
       ->check(CLI::ExistingFile);
@@ -105,7 +155,13 @@ int main(int argc, char** argv) {
       ->check(CLI::ExistingDirectory);
   train_cmd->add_flag("--overwrite", train_run.overwrite, "Replace a run already in --out");
   train_cmd->add_flag("--quiet", train_run.quiet, "No progress bar");
-  add_train_options(*train_cmd, train_flags);
+  if (encoder_task) {
+    add_config_options(*train_cmd, classify_flags);
+  } else {
+    train_cmd->add_option("--task", lm_task, "lm (a GPT), classify or mlm (BERT-family encoders)")
+        ->capture_default_str();
+    add_config_options(*train_cmd, train_flags);
+  }
 
   // ---- generate ----
   qkv::cli::GenerateOptions gen;
@@ -164,6 +220,27 @@ int main(int argc, char** argv) {
       "info", "Inspect a safetensors file, a qkv checkpoint or run, or a model directory");
   info_cmd->add_option("path", info_path, "File or directory")->required();
 
+  // ---- embed ----
+  qkv::cli::EmbedOptions embed;
+  auto* embed_cmd = app.add_subcommand(
+      "embed", "Sentence embeddings from a sentence-transformers or BERT model directory");
+  embed_cmd->add_option("model", embed.model, "Model directory (e.g. all-MiniLM-L6-v2)")->required();
+  embed_cmd->add_option("--text", embed.texts, "A sentence (repeatable)");
+  embed_cmd->add_option("--input", embed.input, "A file of sentences, one a line");
+  embed_cmd->add_option("--out", embed.out, "Write the embeddings to a .safetensors, .npy or .tsv file");
+  embed_cmd->add_option("--batch", embed.batch, "Sentences per batch")->capture_default_str();
+  embed_cmd->add_flag("--bf16", embed.bf16, "bf16 matrix products and attention");
+
+  // ---- classify ----
+  qkv::cli::ClassifyOptions classify;
+  auto* classify_cmd = app.add_subcommand(
+      "classify", "Labels and probabilities of texts from a trained classifier directory");
+  classify_cmd->add_option("model", classify.model, "Model directory, or a qkv train run")
+      ->required();
+  classify_cmd->add_option("--text", classify.texts, "A text (repeatable)");
+  classify_cmd->add_option("--input", classify.input, "A file of texts, one a line");
+  classify_cmd->add_option("--batch", classify.batch, "Texts per batch")->capture_default_str();
+
   // ---- demo ----
   qkv::cli::DemoOptions demo;
   demo.data_path = QKV_DEFAULT_DATA;
@@ -196,9 +273,23 @@ int main(int argc, char** argv) {
         train_run.out = resume_dir;
         train_run.resume = true;
       }
-      const auto config = resolve_train_config(*train_cmd, train_flags, train_config_path, resume_dir);
-      train_run.log = log;
-      result = qkv::cli::run_train(config, train_run);
+      if (encoder_task) {
+        const auto config = resolve_config(*train_cmd, qkv::cli::ClassifyConfig{}, classify_flags,
+                                           train_config_path, resume_dir);
+        result = qkv::cli::run_classify_train(
+            config, {.out = train_run.out,
+                     .resume = train_run.resume,
+                     .overwrite = train_run.overwrite,
+                     .quiet = train_run.quiet,
+                     .log = log});
+      } else {
+        if (task != "lm")
+          throw qkv::Error("--task must be lm, classify or mlm, got '" + task + "'");
+        const auto config = resolve_config(*train_cmd, train_defaults, train_flags,
+                                           train_config_path, resume_dir);
+        train_run.log = log;
+        result = qkv::cli::run_train(config, train_run);
+      }
       if (json) std::cout << dump(result) << "\n";
       return result.value("interrupted", false) ? 130 : 0;
     }
@@ -216,6 +307,11 @@ int main(int argc, char** argv) {
       result = qkv::cli::run_bench(bench, log);
     } else if (*info_cmd) {
       result = qkv::cli::run_info(info_path, log);
+    } else if (*embed_cmd) {
+      embed.json = json;
+      result = qkv::cli::run_embed(embed, log);
+    } else if (*classify_cmd) {
+      result = qkv::cli::run_classify(classify, log);
     } else if (*demo_cmd) {
       demo.log = log;
       result = qkv::cli::run_demo(demo);
