@@ -8,6 +8,7 @@
 #include <numeric>
 #include <sstream>
 
+#include "commands.h"
 #include "config_fields.h"
 #include "codec.h"
 #include "progress.h"
@@ -1025,6 +1026,27 @@ json run_embed(const EmbedOptions& options, std::FILE* log) {
     result["embeddings"] = rows;
   }
   return result;
+}
+
+// ---- qkv info ------------------------------------------------------------------------
+
+std::optional<json> encoder_run_info(const std::string& path, std::FILE* log) {
+  std::error_code ec;
+  const fs::path dir(path), config_path = dir / kRunConfig;
+  if (!fs::is_directory(dir, ec) || !fs::is_regular_file(dir / kCheckpoint, ec) ||
+      !fs::is_regular_file(config_path, ec))
+    return std::nullopt;
+  const json config = json::parse(read_file(config_path.string(), "run config"), nullptr, false);
+  if (!config.is_object() || !config.contains("task") ||
+      (config["task"] != "classify" && config["task"] != "mlm"))
+    return std::nullopt;
+  std::fprintf(log, "qkv train --task %s run %s\n", config["task"].get<std::string>().c_str(),
+               path.c_str());
+  json out = run_info((dir / kCheckpoint).string(), log);
+  out["run"] = path;
+  out["config"] = config;
+  if (fs::is_directory(dir / kModelDir, ec)) out["model"] = run_info((dir / kModelDir).string(), log);
+  return out;
 }
 
 }  // namespace qkv::cli

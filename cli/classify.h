@@ -22,6 +22,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -129,5 +130,9 @@ struct EmbedOptions {
   bool json = false;  // the embeddings go into the JSON result when there is no --out
 };
 nlohmann::json run_embed(const EmbedOptions& options, std::FILE* log);
+
+// `qkv info` of a `--task classify / mlm` run directory: its checkpoint,
+// settings and final model directory; nullopt when `path` is no such run.
+std::optional<nlohmann::json> encoder_run_info(const std::string& path, std::FILE* log);
 
 }  // namespace qkv::cli

@@ -306,7 +306,8 @@ int main(int argc, char** argv) {
     } else if (*bench_cmd) {
       result = qkv::cli::run_bench(bench, log);
     } else if (*info_cmd) {
-      result = qkv::cli::run_info(info_path, log);
+      auto encoder_run = qkv::cli::encoder_run_info(info_path, log);
+      result = encoder_run ? *encoder_run : qkv::cli::run_info(info_path, log);
     } else if (*embed_cmd) {
       embed.json = json;
       result = qkv::cli::run_embed(embed, log);

@@ -255,3 +255,10 @@ def test_train_errors(tmp_path, data, classifier):
     result = qkv("train", "--task", "classify", "--model", classifier[0] / "model", *common, "--out",
                  classifier[0], check=False)
     assert_clean_error(result, "already holds a run", "--overwrite")
+
+
+def test_info_of_a_run(classifier):
+    out, _ = classifier
+    info = json.loads(qkv("info", out, "--json").stdout)
+    assert info["run"] == str(out) and info["config"]["task"] == "classify"
+    assert "model" in info
