@@ -395,9 +395,13 @@ LoadedClassifier load_classifier(const std::string& path) {
   if (!fs::exists(fs::path(path) / "config.json", ec) &&
       fs::is_regular_file(fs::path(path) / kModelDir / "config.json", ec))
     dir = (fs::path(path) / kModelDir).string();
-  else if (fs::is_regular_file(fs::path(path) / kCheckpoint, ec) &&
-           fs::is_regular_file(fs::path(path) / kModelDir / "config.json", ec))
-    dir = (fs::path(path) / kModelDir).string();  // a run directory: its config.json is the run's
+  else if (fs::is_regular_file(fs::path(path) / kCheckpoint, ec)) {
+    // A run directory: its config.json holds the run's settings.
+    QKV_CHECK(fs::is_regular_file(fs::path(path) / kModelDir / "config.json", ec), "'", path,
+              "' is a training run without its model directory yet (qkv train --resume ", path,
+              " finishes it)");
+    dir = (fs::path(path) / kModelDir).string();
+  }
   const std::string config_path = (fs::path(dir) / "config.json").string();
   const json config = read_json(config_path, "model config");
   std::string architecture;
