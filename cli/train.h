@@ -32,7 +32,7 @@ struct TrainConfig {
   std::string positions = "learned";  // learned | rotary
   bool untied = false;
   // optimisation
-  int64_t steps = 1500, batch = 32, grad_accum = 1;
+  int64_t steps = 1000, batch = 32, grad_accum = 1;
   double lr = 2e-3, min_lr_ratio = 0.1;
   int64_t warmup = 100;
   std::string schedule = "cosine";  // cosine | linear | constant
