@@ -110,7 +110,9 @@ TEST(BertForSequenceClassification, FromEncoderAddsAPooler) {
   // The encoder's weights are the directory's.
   const auto ours = model->state_dict();
   for (const auto& [name, t] : mlm.state_dict())
-    if (name.rfind("bert.", 0) == 0) EXPECT_EQ(max_abs_diff(ours.at(name), t), 0.0) << name;
+    if (name.rfind("bert.", 0) == 0) {
+      EXPECT_EQ(max_abs_diff(ours.at(name), t), 0.0) << name;
+    }
 }
 
 TEST(BertForMaskedLM, PositionsPickTheFullHeadsRows) {
