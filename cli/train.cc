@@ -3,12 +3,12 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
-#include <csignal>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
 
 #include "codec.h"
+#include "config_fields.h"
 #include "progress.h"
 #include "qkv/autograd.h"
 #include "qkv/checkpoint.h"
@@ -18,41 +18,13 @@
 #include "qkv/threads.h"
 #include "qkv/trainer.h"
 #include "run_dir.h"
+#include "stop_signals.h"
 
 namespace qkv::cli {
 namespace {
 
 namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
-
-// Set by SIGINT / SIGTERM; the training loop checkpoints and stops. The first
-// signal restores the default action, so a second Ctrl-C ends the process.
-volatile std::sig_atomic_t g_stop_signal = 0;
-
-extern "C" void on_stop_signal(int signal) {
-  g_stop_signal = signal;
-  std::signal(signal, SIG_DFL);
-}
-
-class StopSignals {
- public:
-  StopSignals() {
-    g_stop_signal = 0;
-    previous_int_ = std::signal(SIGINT, on_stop_signal);
-    previous_term_ = std::signal(SIGTERM, on_stop_signal);
-  }
-  ~StopSignals() {
-    std::signal(SIGINT, previous_int_);
-    std::signal(SIGTERM, previous_term_);
-  }
-  StopSignals(const StopSignals&) = delete;
-  StopSignals& operator=(const StopSignals&) = delete;
-  bool raised() const { return g_stop_signal != 0; }
-
- private:
-  void (*previous_int_)(int);
-  void (*previous_term_)(int);
-};
 
 std::string read_text_file(const std::string& path) {
   QKV_CHECK(!path.empty(), "no data file given (--data)");
@@ -123,35 +95,10 @@ Schedule make_schedule(const TrainConfig& c) {
 
 }  // namespace
 
-nlohmann::json TrainConfig::to_json() const {
-  nlohmann::json out = nlohmann::json::object();
-  TrainConfig copy = *this;
-  copy.fields([&](const char* name, auto& value, const char*) { out[name] = value; });
-  return out;
-}
+nlohmann::json TrainConfig::to_json() const { return fields_to_json(*this); }
 
 void TrainConfig::update_from_json(const nlohmann::json& json, const std::string& source) {
-  QKV_CHECK(json.is_object(), source, ": expected a JSON object of settings, got ", json.type_name());
-  for (const auto& [key, value] : json.items()) {
-    bool found = false;
-    fields([&](const char* name, auto& field, const char*) {
-      if (key != name) return;
-      found = true;
-      using T = std::decay_t<decltype(field)>;
-      try {
-        if constexpr (std::is_same_v<T, double>) {
-          QKV_CHECK(value.is_number(), "");
-        } else if constexpr (std::is_integral_v<T> && !std::is_same_v<T, bool>) {
-          QKV_CHECK(value.is_number_integer() || value.is_number_unsigned(), "");
-        }
-        field = value.get<T>();
-      } catch (const std::exception&) {
-        throw Error(detail::str(source, ": setting '", key, "' has the wrong type (", value.dump(),
-                                ")"));
-      }
-    });
-    QKV_CHECK(found, source, ": unknown setting '", key, "'");
-  }
+  update_fields_from_json(*this, json, source);
 }
 
 void TrainConfig::validate() const {
