@@ -11,6 +11,7 @@
 #include "commands.h"
 #include "config_fields.h"
 #include "codec.h"
+#include "metrics_log.h"
 #include "progress.h"
 #include "qkv/bert.h"
 #include "qkv/checkpoint.h"
@@ -506,39 +507,6 @@ DevResult evaluate_mlm(nn::BertForMaskedLM& model, const std::vector<std::vector
 
 // ---- the run's files -----------------------------------------------------------
 
-struct LogRow {
-  int64_t step;
-  double train_loss, dev_loss, dev_accuracy, lr, sentences_per_s, elapsed_s;
-};
-
-std::string log_csv(const std::vector<LogRow>& rows) {
-  std::string out = "step,train_loss,dev_loss,dev_accuracy,lr,sentences_per_s,elapsed_s\n";
-  char line[256];
-  for (const auto& r : rows) {
-    std::snprintf(line, sizeof line, "%lld,%.6f,%.6f,%.6f,%.6g,%.1f,%.1f\n",
-                  static_cast<long long>(r.step), r.train_loss, r.dev_loss, r.dev_accuracy, r.lr,
-                  r.sentences_per_s, r.elapsed_s);
-    out += line;
-  }
-  return out;
-}
-
-std::vector<LogRow> read_log_csv(const std::string& path, int64_t last_step) {
-  std::vector<LogRow> rows;
-  std::ifstream in(path);
-  std::string line;
-  std::getline(in, line);  // header
-  while (std::getline(in, line)) {
-    LogRow r{};
-    long long step = 0;
-    if (std::sscanf(line.c_str(), "%lld,%lf,%lf,%lf,%lf,%lf,%lf", &step, &r.train_loss, &r.dev_loss,
-                    &r.dev_accuracy, &r.lr, &r.sentences_per_s, &r.elapsed_s) != 7)
-      continue;
-    r.step = step;
-    if (r.step <= last_step) rows.push_back(r);
-  }
-  return rows;
-}
 
 Schedule make_schedule(const ClassifyConfig& c) {
   if (c.schedule == "linear") return Schedule::linear_with_warmup(c.warmup, c.steps);
@@ -709,13 +677,13 @@ json run_classify_train(const ClassifyConfig& config, const ClassifyRun& run) {
                   {.grad_accumulation_steps = config.grad_accum, .clip_norm = config.clip});
 
   double elapsed_before = 0;
-  std::vector<LogRow> rows;
+  MetricsLog rows({"train_loss", "dev_loss", "dev_accuracy", "lr", "sentences_per_s", "elapsed_s"});
   if (run.resume) {
     const TrainingState state = read_training_state(checkpoint_path);
     trainer.resume(checkpoint_path);
     if (auto it = state.extra.find("elapsed_s"); it != state.extra.end())
       elapsed_before = std::stod(it->second);
-    rows = read_log_csv((fs::path(run.out) / kLog).string(), trainer.steps());
+    rows.load((fs::path(run.out) / kLog).string(), trainer.steps());
     std::fprintf(log, "resuming '%s' at step %lld of %lld\n", run.out.c_str(),
                  static_cast<long long>(trainer.steps()), static_cast<long long>(config.steps));
   } else {
@@ -744,7 +712,7 @@ json run_classify_train(const ClassifyConfig& config, const ClassifyRun& run) {
     state.extra["elapsed_s"] = std::to_string(elapsed);
     state.extra["task"] = config.task;
     save_checkpoint(checkpoint_path, *model.module, optimizer, state);
-    write_file_atomically((fs::path(run.out) / kLog).string(), log_csv(rows));
+    write_file_atomically((fs::path(run.out) / kLog).string(), rows.csv());
   };
   auto evaluate = [&] {
     return mlm ? evaluate_mlm(*model.mlm, dev_ids, config.eval_batch, pad_id, config, mask_id, special)
@@ -808,7 +776,7 @@ json run_classify_train(const ClassifyConfig& config, const ClassifyRun& run) {
       train_loss_sum = 0;
       train_loss_count = 0;
       last_dev = evaluate();
-      rows.push_back({step, last_train_loss, last_dev.loss, last_dev.accuracy, optimizer.lr(),
+      rows.add(step, {last_train_loss, last_dev.loss, last_dev.accuracy, optimizer.lr(),
                       sentences_per_s, elapsed()});
       char line[200];
       std::snprintf(line, sizeof line, "step %lld: train loss %.4f, dev loss %.4f, dev %s %.2f%%, lr %.3g, %s",
@@ -838,7 +806,7 @@ json run_classify_train(const ClassifyConfig& config, const ClassifyRun& run) {
   if (interrupted) return result;
 
   // ---- the final evaluation and the model directory ----
-  if (rows.empty() || rows.back().step != trainer.steps()) last_dev = evaluate();
+  if (rows.last_step() != trainer.steps()) last_dev = evaluate();
   const std::string model_dir = (fs::path(run.out) / kModelDir).string();
   write_model_dir(model_dir, [&](const std::string& dir) {
     if (model.mlm)

@@ -9,6 +9,7 @@
 
 #include "codec.h"
 #include "config_fields.h"
+#include "metrics_log.h"
 #include "progress.h"
 #include "qkv/autograd.h"
 #include "qkv/checkpoint.h"
@@ -51,41 +52,6 @@ std::pair<Tensor, Tensor> random_batch(const std::vector<int32_t>& ids, int64_t 
   return {inputs, targets};
 }
 
-struct LossRow {
-  int64_t step;
-  double train_loss, val_loss, lr, tokens_per_s, elapsed_s;
-};
-
-std::string loss_csv(const std::vector<LossRow>& rows) {
-  std::string out = "step,train_loss,val_loss,lr,tokens_per_s,elapsed_s\n";
-  char line[256];
-  for (const auto& r : rows) {
-    std::snprintf(line, sizeof line, "%lld,%.6f,%.6f,%.6g,%.1f,%.1f\n",
-                  static_cast<long long>(r.step), r.train_loss, r.val_loss, r.lr, r.tokens_per_s,
-                  r.elapsed_s);
-    out += line;
-  }
-  return out;
-}
-
-// The rows of an earlier loss.csv up to `last_step` (a resumed run drops what
-// came after its checkpoint).
-std::vector<LossRow> read_loss_csv(const std::string& path, int64_t last_step) {
-  std::vector<LossRow> rows;
-  std::ifstream in(path);
-  std::string line;
-  std::getline(in, line);  // header
-  while (std::getline(in, line)) {
-    LossRow r{};
-    long long step = 0;
-    if (std::sscanf(line.c_str(), "%lld,%lf,%lf,%lf,%lf,%lf", &step, &r.train_loss, &r.val_loss,
-                    &r.lr, &r.tokens_per_s, &r.elapsed_s) != 6)
-      continue;
-    r.step = step;
-    if (r.step <= last_step) rows.push_back(r);
-  }
-  return rows;
-}
 
 Schedule make_schedule(const TrainConfig& c) {
   if (c.schedule == "cosine") return Schedule::cosine_with_warmup(c.warmup, c.steps, c.min_lr_ratio);
@@ -233,13 +199,13 @@ nlohmann::json run_train(const TrainConfig& config, const TrainRun& run) {
   trainer.track_generator("dropout", model.dropout_generator());
 
   double elapsed_before = 0;
-  std::vector<LossRow> rows;
+  MetricsLog rows({"train_loss", "val_loss", "lr", "tokens_per_s", "elapsed_s"});
   if (run.resume) {
     const TrainingState state = read_training_state(checkpoint_path);
     trainer.resume(checkpoint_path);
     if (auto it = state.extra.find("elapsed_s"); it != state.extra.end())
       elapsed_before = std::stod(it->second);
-    rows = read_loss_csv((fs::path(run.out) / kLossFile).string(), trainer.steps());
+    rows.load((fs::path(run.out) / kLossFile).string(), trainer.steps());
     std::fprintf(log, "resuming '%s' at step %lld of %lld\n", run.out.c_str(),
                  static_cast<long long>(trainer.steps()), static_cast<long long>(config.steps));
   } else {
@@ -269,7 +235,7 @@ nlohmann::json run_train(const TrainConfig& config, const TrainRun& run) {
     state.extra["model_config"] = model.config().to_json();
     state.extra["tokenizer"] = codec.kind();
     save_checkpoint(checkpoint_path, model, optimizer, state);
-    write_file_atomically((fs::path(run.out) / kLossFile).string(), loss_csv(rows));
+    write_file_atomically((fs::path(run.out) / kLossFile).string(), rows.csv());
   };
   StopSignals signals;
   Progress progress("train", config.steps, trainer.steps(), run.quiet);
@@ -313,7 +279,7 @@ nlohmann::json run_train(const TrainConfig& config, const TrainRun& run) {
       train_loss_sum = 0;
       train_loss_count = 0;
       last_val_loss = evaluate(model, val_ids, config.batch, config.eval_windows).loss;
-      rows.push_back({step, last_train_loss, last_val_loss, optimizer.lr(), tokens_per_s, elapsed()});
+      rows.add(step, {last_train_loss, last_val_loss, optimizer.lr(), tokens_per_s, elapsed()});
       char line[160];
       std::snprintf(line, sizeof line, "step %lld: train loss %.4f, val loss %.4f, lr %.3g, %s",
                     static_cast<long long>(step), last_train_loss, last_val_loss, optimizer.lr(),
@@ -341,7 +307,7 @@ nlohmann::json run_train(const TrainConfig& config, const TrainRun& run) {
   if (interrupted) return result;
 
   // ---- the final validation loss over the whole split, and a sample ----
-  if (timed_out || rows.empty() || rows.back().step != trainer.steps() || config.eval_windows > 0)
+  if (timed_out || rows.last_step() != trainer.steps() || config.eval_windows > 0)
     last_val_loss = evaluate(model, val_ids, config.batch).loss;
   std::fprintf(log, "\nvalidation loss %.4f nats/token (perplexity %.2f) after %lld steps, %s\n",
                last_val_loss, std::exp(last_val_loss), static_cast<long long>(trainer.steps()),
