@@ -15,7 +15,8 @@
 //   loss.backward();          // w.grad() = d loss / d w
 //
 // Gradients are f32 whatever the value's dtype (bf16 activations under
-// autocast keep f32 gradients). Recording is per thread; a graph is used from
+// autocast keep f32 gradients), except that f64 values get f64 gradients
+// (gradcheck differentiates whole models in f64). Recording is per thread; a graph is used from
 // one thread at a time.
 #pragma once
 
@@ -38,6 +39,11 @@ namespace detail {
 struct VariableImpl;
 }  // namespace detail
 class Node;
+
+// The dtype of the gradient of a value of `value` dtype: f64 for f64, else f32.
+inline DType gradient_dtype(DType value) {
+  return value == DType::f64 ? DType::f64 : DType::f32;
+}
 
 class Variable {
  public:
@@ -66,6 +72,10 @@ class Variable {
   void set_grad(Tensor grad);
   void zero_grad();  // drops the gradient (torch's set_to_none)
   void retain_grad();
+
+  // Leaves only: replaces the value with one of the same shape (any float
+  // dtype, e.g. Module::to(DType::f64)) and drops the gradient.
+  void set_value(Tensor value);
 
   // The same value, off the tape (no gradient flows through it).
   Variable detach() const;
@@ -140,6 +150,7 @@ class Node {
     std::shared_ptr<Node> node;
     std::shared_ptr<detail::VariableImpl> leaf;
     Shape shape;
+    DType grad_dtype = DType::f32;
   };
   std::vector<Edge> edges_;
   std::weak_ptr<detail::VariableImpl> output_;  // for retain_grad
@@ -160,7 +171,7 @@ Variable record(const char* name, Tensor output, std::vector<Variable> inputs,
 // (targets, ids, masks) get no gradient.
 namespace qkv::autograd {
 
-// A dtype conversion; its gradient is converted back (to f32).
+// A dtype conversion; its gradient is converted back (to gradient_dtype(x)).
 Variable to(const Variable& x, DType dtype);
 
 // Broadcasting element-wise arithmetic (gradients summed back to each shape).

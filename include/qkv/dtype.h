@@ -8,8 +8,10 @@
 
 namespace qkv {
 
-enum class DType : uint8_t { f32, bf16, f16, i32, i64, boolean };
-inline constexpr int kNumDTypes = 6;
+// f64 is for checking, not speed: gradcheck's finite differences and
+// float64 references run the ops' scalar double path (see qkv/ops.h).
+enum class DType : uint8_t { f32, bf16, f16, i32, i64, boolean, f64 };
+inline constexpr int kNumDTypes = 7;
 
 size_t dtype_size(DType dtype);
 const char* dtype_name(DType dtype);  // "f32", "bf16", ...
@@ -44,6 +46,10 @@ struct dtype_of;
 template <>
 struct dtype_of<float> {
   static constexpr DType value = DType::f32;
+};
+template <>
+struct dtype_of<double> {
+  static constexpr DType value = DType::f64;
 };
 template <>
 struct dtype_of<bf16> {

@@ -56,6 +56,11 @@ class Module {
   bool training() const { return training_; }
   // Drops every parameter's gradient.
   void zero_grad();
+  // Converts every parameter to `dtype` (a float dtype), recursively, like
+  // torch's module.to(dtype); gradients are dropped. Buffers keep their
+  // dtype (ops promote a mixed f32 / f64 pair to f64). f64 is for checking
+  // (gradcheck, float64 references): its ops run the scalar double path.
+  void to(DType dtype);
   // "Linear", "TransformerEncoderLayer": for error messages.
   virtual const char* type_name() const { return "Module"; }
 

@@ -137,7 +137,7 @@ from ._qkv import (  # noqa: F401
 )
 from . import autograd, bert, nn, safetensors, viz  # noqa: F401,E402
 
-DTYPES = ("f32", "bf16", "f16", "i32", "i64", "bool")
+DTYPES = ("f32", "f64", "bf16", "f16", "i32", "i64", "bool")
 
 _NUMPY_DTYPES = {
     "float32": "f32",
@@ -151,10 +151,11 @@ _NUMPY_DTYPES = {
 def tensor(data, dtype: str | None = None) -> Tensor:
     """A qkv Tensor from a Tensor, an array-like or nested lists.
 
-    Arrays whose dtype qkv has (float32, float16, int32, int64, bool; bfloat16
-    through DLPack) are wrapped without a copy, as ``from_numpy`` does. Other
-    inputs are converted with NumPy first (float64 -> f32, other ints -> i64), which
-    copies. ``dtype`` converts afterwards (a copy unless it is already that dtype).
+    Arrays of float32, float16, int32, int64 or bool (bfloat16 through DLPack)
+    are wrapped without a copy, as ``from_numpy`` does. Other inputs are
+    converted with NumPy first (float64 -> f32, as for Python floats; other ints
+    -> i64), which copies: pass ``dtype="f64"``, or use ``from_numpy``, to keep
+    float64. ``dtype`` converts afterwards (a copy unless it is already that dtype).
     """
     if isinstance(data, Tensor):
         t = data
@@ -164,7 +165,8 @@ def tensor(data, dtype: str | None = None) -> Tensor:
         arr = _np.asarray(data)
         if arr.dtype.name not in _NUMPY_DTYPES:
             if arr.dtype.kind == "f":
-                arr = arr.astype(_np.float32)
+                keep64 = dtype in ("f64", "float64", "double")
+                arr = arr.astype(_np.float64 if keep64 else _np.float32)
             elif arr.dtype.kind in "iu":
                 arr = arr.astype(_np.int64)
             else:

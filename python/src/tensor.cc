@@ -45,6 +45,7 @@ DType dtype_from_dlpack(nb::dlpack::dtype dt) {
     switch (static_cast<dtype_code>(dt.code)) {
       case dtype_code::Float:
         if (dt.bits == 32) return DType::f32;
+        if (dt.bits == 64) return DType::f64;
         if (dt.bits == 16) return DType::f16;
         break;
       case dtype_code::Bfloat:
@@ -61,7 +62,7 @@ DType dtype_from_dlpack(nb::dlpack::dtype dt) {
     }
   }
   throw Error(detail::str("qkv.from_numpy: arrays of ", dlpack_dtype_name(dt),
-                          " have no qkv dtype (qkv has f32, bf16, f16, i32, i64, bool); convert "
+                          " have no qkv dtype (qkv has f32, f64, bf16, f16, i32, i64, bool); convert "
                           "first, e.g. arr.astype(numpy.float32)"));
 }
 
@@ -73,6 +74,7 @@ nb::dlpack::dtype dlpack_dtype(DType dtype) {
     case DType::i32: return nb::dtype<int32_t>();
     case DType::i64: return nb::dtype<int64_t>();
     case DType::boolean: return nb::dtype<bool>();
+    case DType::f64: return nb::dtype<double>();
   }
   throw Error("unreachable dtype");
 }
@@ -194,6 +196,7 @@ int tensor_getbuffer(PyObject* self, Py_buffer* view, int flags) {
   const char* format = nullptr;
   switch (t.dtype()) {
     case DType::f32: format = "f"; break;
+    case DType::f64: format = "d"; break;
     case DType::f16: format = "e"; break;
     case DType::i32: format = "i"; break;
     case DType::i64: format = "q"; break;
@@ -254,6 +257,7 @@ PyType_Slot tensor_slots[] = {
 // Short names, plus NumPy / PyTorch spellings, for the dtype arguments.
 DType parse_dtype(const std::string& name) {
   if (name == "float32" || name == "float") return DType::f32;
+  if (name == "float64" || name == "double") return DType::f64;
   if (name == "bfloat16") return DType::bf16;
   if (name == "float16" || name == "half") return DType::f16;
   if (name == "int32") return DType::i32;

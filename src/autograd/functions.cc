@@ -95,8 +95,10 @@ void set_autocast_enabled(bool on) {
 
 Variable to(const Variable& x, DType dtype) {
   if (x.dtype() == dtype) return x;
-  return record("to", x.value().to(dtype), {x},
-                [](const Tensor& g) { return std::vector<Tensor>{g.to(DType::f32)}; });
+  const DType grad_dtype = gradient_dtype(x.dtype());
+  return record("to", x.value().to(dtype), {x}, [grad_dtype](const Tensor& g) {
+    return std::vector<Tensor>{g.to(grad_dtype)};
+  });
 }
 
 // ---- element-wise ----------------------------------------------------------

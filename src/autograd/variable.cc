@@ -23,33 +23,34 @@ namespace {
 
 thread_local bool recording = true;
 
-// grad += g (gradients are f32; a first gradient is copied, never aliased, so
-// that later accumulation cannot write into an op's saved tensor).
-void accumulate(Tensor& grad, const Tensor& g) {
-  const Tensor g32 = g.to(DType::f32);
-  grad = grad.defined() ? add(grad, g32) : g32.clone();
+// grad += g in `dtype` (gradient_dtype of the variable's value; a first
+// gradient is copied, never aliased, so that later accumulation cannot write
+// into an op's saved tensor).
+void accumulate(Tensor& grad, const Tensor& g, DType dtype) {
+  const Tensor converted = g.to(dtype);
+  grad = grad.defined() ? add(grad, converted) : converted.clone();
 }
 
 // The same for a leaf's gradient handed over by the tape: a first gradient
 // that nothing else references (a fresh, contiguous f32 result of the op's
 // backward) is kept as it is instead of copied.
-void accumulate_owned(Tensor& grad, Tensor&& g) {
-  const bool owned = g.dtype() == DType::f32 && g.is_contiguous() && g.storage() != nullptr &&
+void accumulate_owned(Tensor& grad, Tensor&& g, DType dtype) {
+  const bool owned = g.dtype() == dtype && g.is_contiguous() && g.storage() != nullptr &&
                      g.storage().use_count() == 1 && g.offset() == 0 &&
                      g.nbytes() == g.storage()->nbytes();
   if (!grad.defined() && owned) {
     grad = std::move(g);
     return;
   }
-  accumulate(grad, g);
+  accumulate(grad, g, dtype);
 }
 
 // The gradient flowing into a node: it only reaches that node's backward,
 // which reads it, and sums never write into their operands, so a first
 // gradient is kept without a copy (it may alias another node's).
-void accumulate_internal(Tensor& grad, const Tensor& g) {
-  const Tensor g32 = g.to(DType::f32);
-  grad = grad.defined() ? add(grad, g32) : g32;
+void accumulate_internal(Tensor& grad, const Tensor& g, DType dtype) {
+  const Tensor converted = g.to(dtype);
+  grad = grad.defined() ? add(grad, converted) : converted;
 }
 
 const detail::VariableImpl& checked(const std::shared_ptr<detail::VariableImpl>& impl,
@@ -119,6 +120,20 @@ void Variable::set_grad(Tensor grad) {
   impl_->grad = std::move(grad);
 }
 
+void Variable::set_value(Tensor value) {
+  checked(impl_, "set_value");
+  QKV_CHECK(impl_->grad_fn == nullptr, "Variable::set_value: only a leaf's value can be replaced; "
+            "this variable was made by ", impl_->grad_fn->name());
+  QKV_CHECK(value.defined() && value.shape() == impl_->value.shape(),
+            "Variable::set_value: the new value ", shape_string(value.shape()),
+            " does not match the old ", shape_string(impl_->value.shape()));
+  QKV_CHECK(!impl_->requires_grad || is_floating(value.dtype()),
+            "Variable::set_value: a variable that requires a gradient needs a float value; this "
+            "one is ", dtype_name(value.dtype()));
+  impl_->value = std::move(value);
+  impl_->grad = Tensor();
+}
+
 void Variable::zero_grad() {
   checked(impl_, "zero_grad"), impl_->grad = Tensor();
 }
@@ -146,6 +161,7 @@ Node::Node(std::string name, BackwardFunction backward, std::vector<Variable> in
       else
         e.leaf = in.impl();
       e.shape = in.shape();
+      e.grad_dtype = gradient_dtype(in.dtype());
     }
     edges_.push_back(std::move(e));
   }
@@ -193,7 +209,8 @@ struct Tape {
       QKV_CHECK(n->backward_ != nullptr, "backward of ", n->name_,
                 ": its saved tensors were already freed by an earlier backward() (pass "
                 "retain_graph = true to differentiate a graph twice)");
-      if (auto out = n->output_.lock(); out && out->retains_grad) accumulate(out->grad, grad);
+      if (auto out = n->output_.lock(); out && out->retains_grad)
+        accumulate(out->grad, grad, gradient_dtype(out->value.dtype()));
       std::vector<Tensor> in_grads = n->backward_(grad);
       QKV_CHECK(in_grads.size() == n->edges_.size(), "backward of ", n->name_, ": returned ",
                 in_grads.size(), " gradients for ", n->edges_.size(), " inputs");
@@ -204,14 +221,14 @@ struct Tape {
         Tensor& g = in_grads[i];
         if (!g.defined()) {
           if (!e.node) continue;
-          g = Tensor::zeros(e.shape);
+          g = Tensor::zeros(e.shape, e.grad_dtype);
         }
         QKV_CHECK(g.shape() == e.shape, "backward of ", n->name_, ": gradient ", i, " has shape ",
                   shape_string(g.shape()), "; the input has ", shape_string(e.shape));
         if (e.leaf) {
-          accumulate_owned(e.leaf->grad, std::move(g));
+          accumulate_owned(e.leaf->grad, std::move(g), e.grad_dtype);
         } else {
-          accumulate_internal(grads[e.node.get()], g);
+          accumulate_internal(grads[e.node.get()], g, e.grad_dtype);
           if (--pending[e.node.get()] == 0) ready.push_back(e.node.get());
         }
       }
@@ -230,17 +247,17 @@ void Variable::backward(const Tensor& grad, bool retain_graph) const {
               "Variable::backward: without a gradient argument the "
               "variable must be a scalar; it has shape ",
               shape_string(impl_->value.shape()));
-    g = Tensor::ones(impl_->value.shape());
+    g = Tensor::ones(impl_->value.shape(), gradient_dtype(impl_->value.dtype()));
   }
   QKV_CHECK(g.shape() == impl_->value.shape(), "Variable::backward: gradient ",
             shape_string(g.shape()), " does not match the variable ",
             shape_string(impl_->value.shape()));
   if (!impl_->grad_fn) {  // a leaf: d self / d self
-    accumulate(impl_->grad, g);
+    accumulate(impl_->grad, g, gradient_dtype(impl_->value.dtype()));
     return;
   }
   if (impl_->retains_grad) impl_->grad_fn->output_ = impl_;
-  Tape::run(impl_->grad_fn, g.to(DType::f32), retain_graph);
+  Tape::run(impl_->grad_fn, g.to(gradient_dtype(impl_->value.dtype())), retain_graph);
 }
 
 }  // namespace qkv::autograd

@@ -14,6 +14,7 @@ size_t dtype_size(DType dtype) {
     case DType::i32: return 4;
     case DType::i64: return 8;
     case DType::boolean: return 1;
+    case DType::f64: return 8;
   }
   throw Error(detail::str("dtype_size: invalid dtype ", static_cast<int>(dtype)));
 }
@@ -26,12 +27,13 @@ const char* dtype_name(DType dtype) {
     case DType::i32: return "i32";
     case DType::i64: return "i64";
     case DType::boolean: return "bool";
+    case DType::f64: return "f64";
   }
   return "invalid";
 }
 
 bool is_floating(DType dtype) {
-  return dtype == DType::f32 || dtype == DType::bf16 || dtype == DType::f16;
+  return dtype == DType::f32 || dtype == DType::bf16 || dtype == DType::f16 || dtype == DType::f64;
 }
 
 DType dtype_from_name(const std::string& name) {
@@ -39,7 +41,7 @@ DType dtype_from_name(const std::string& name) {
     const auto dtype = static_cast<DType>(i);
     if (name == dtype_name(dtype)) return dtype;
   }
-  throw Error(detail::str("unknown dtype '", name, "' (expected f32, bf16, f16, i32, i64 or bool)"));
+  throw Error(detail::str("unknown dtype '", name, "' (expected f32, f64, bf16, f16, i32, i64 or bool)"));
 }
 
 // IEEE binary16: 1 sign, 5 exponent (bias 15), 10 mantissa bits.

@@ -100,6 +100,7 @@ double load_as_double(const void* base, DType dtype, int64_t i) {
     case DType::i32: return static_cast<const int32_t*>(base)[i];
     case DType::i64: return static_cast<double>(static_cast<const int64_t*>(base)[i]);
     case DType::boolean: return static_cast<const uint8_t*>(base)[i] != 0;
+    case DType::f64: return static_cast<const double*>(base)[i];
   }
   return 0;
 }
@@ -116,6 +117,7 @@ void store_from_double(void* base, DType dtype, int64_t i, double v) {
     case DType::i32: static_cast<int32_t*>(base)[i] = static_cast<int32_t>(v); return;
     case DType::i64: static_cast<int64_t*>(base)[i] = static_cast<int64_t>(v); return;
     case DType::boolean: static_cast<uint8_t*>(base)[i] = v != 0; return;
+    case DType::f64: static_cast<double*>(base)[i] = v; return;
   }
 }
 
@@ -171,7 +173,10 @@ void convert_run(const char* src, int64_t src_stride, DType src_type, char* dst,
       std::memcpy(dst + i * dst_stride * dst_size, src + i * src_stride * src_size, src_size);
     return;
   }
-  const bool float_path = is_floating(src_type) && is_floating(dst_type);
+  // f64 goes through double (exact to f32 and f64); the 16-bit floats
+  // through f32, so rounding is exactly dtype.h's RNE.
+  const bool float_path = is_floating(src_type) && is_floating(dst_type) &&
+                          src_type != DType::f64 && dst_type != DType::f64;
   for (int64_t i = 0; i < n; ++i) {
     const void* s = src + i * src_stride * static_cast<int64_t>(src_size);
     void* d = dst + i * dst_stride * static_cast<int64_t>(dst_size);

@@ -65,6 +65,7 @@ std::optional<DType> qkv_dtype(std::string_view name) {
   if (name == "I32") return DType::i32;
   if (name == "I64") return DType::i64;
   if (name == "BOOL") return DType::boolean;
+  if (name == "F64") return DType::f64;
   return std::nullopt;
 }
 
@@ -76,6 +77,7 @@ const char* file_dtype_name(DType dtype) {
     case DType::i32: return "I32";
     case DType::i64: return "I64";
     case DType::boolean: return "BOOL";
+    case DType::f64: return "F64";
   }
   throw Error(detail::str("safetensors: dtype ", static_cast<int>(dtype), " has no file name"));
 }
@@ -359,7 +361,7 @@ Tensor File::get(const std::string& name) const {
   const std::optional<DType> dtype = qkv_dtype(info.dtype);
   QKV_CHECK(dtype, source_name(path_, buffer_->nbytes()), "tensor '", name, "' has dtype ",
             info.dtype,
-            ", which is not supported by qkv (supported: F32, BF16, F16, I32, I64, BOOL)");
+            ", which is not supported by qkv (supported: F32, F64, BF16, F16, I32, I64, BOOL)");
   auto* bytes = static_cast<uint8_t*>(buffer_->data()) + data_start_ + info.begin;
   const size_t nbytes = info.end - info.begin;
   std::shared_ptr<Storage> storage;

@@ -66,6 +66,13 @@ void Module::train(bool on) {
   for (auto& [name, child] : children_) child->train(on);
 }
 
+void Module::to(DType dtype) {
+  QKV_CHECK(is_floating(dtype), type_name(), ".to: ", dtype_name(dtype),
+            " is not a float dtype (f32, f64, bf16, f16)");
+  for (auto& [name, p] : named_parameters())
+    if (p.dtype() != dtype) p.set_value(p.value().to(dtype));
+}
+
 void Module::zero_grad() {
   for (auto& [name, v] : named_parameters()) v.zero_grad();
 }

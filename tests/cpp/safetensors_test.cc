@@ -218,12 +218,12 @@ TEST_F(SafetensorsFiles, SaveOpenGivesZeroCopyViewsThatOutliveTheFile) {
 }
 
 TEST(SafetensorsGet, UnsupportedDTypeAndUnknownNameAreClearErrors) {
-  // F64 and U8 are valid safetensors dtypes that qkv has no tensor type for.
-  const std::string header = R"({"d":{"dtype":"F64","shape":[2],"data_offsets":[0,16]},)"
+  // I8 and U8 are valid safetensors dtypes that qkv has no tensor type for.
+  const std::string header = R"({"d":{"dtype":"I8","shape":[16],"data_offsets":[0,16]},)"
                              R"("u":{"dtype":"U8","shape":[3],"data_offsets":[16,19]}})";
   const std::vector<uint8_t> bytes = image(header, 19);
   const File file = File::from_bytes(bytes.data(), bytes.size());
-  EXPECT_EQ(file.info("d").dtype, "F64");
+  EXPECT_EQ(file.info("d").dtype, "I8");
   EXPECT_EQ(file.info("u").shape, Shape{3});
   for (const char* name : {"d", "u"}) {
     try {
@@ -527,7 +527,7 @@ std::vector<uint8_t> from_hex(const std::string& hex) {
 std::optional<DType> qkv_dtype_of(const std::string& name) {
   static const std::map<std::string, DType> kNames = {
       {"F32", DType::f32}, {"BF16", DType::bf16}, {"F16", DType::f16},
-      {"I32", DType::i32}, {"I64", DType::i64},   {"BOOL", DType::boolean}};
+      {"I32", DType::i32}, {"I64", DType::i64},   {"BOOL", DType::boolean}, {"F64", DType::f64}};
   const auto it = kNames.find(name);
   return it == kNames.end() ? std::nullopt : std::optional<DType>(it->second);
 }

@@ -133,7 +133,18 @@ TEST(Tensor, DataTypeChecks) {
   EXPECT_THROW(Tensor().raw_data(), Error);
   EXPECT_THROW(Tensor::zeros({2}).item(), Error);
   EXPECT_EQ(dtype_from_name("bf16"), DType::bf16);
-  EXPECT_THROW(dtype_from_name("f64"), Error);
+  EXPECT_EQ(dtype_from_name("f64"), DType::f64);
+  EXPECT_THROW(dtype_from_name("f128"), Error);
+}
+
+TEST(Tensor, F64KeepsDoublePrecision) {
+  const double third = 1.0 / 3.0;
+  const Tensor t = Tensor::full({3}, third, DType::f64);
+  EXPECT_EQ(t.itemsize(), 8u);
+  EXPECT_EQ(t.to_values(), std::vector<double>(3, third));
+  EXPECT_EQ(t.to(DType::f32).to(DType::f64).to_values()[0], static_cast<float>(third));
+  EXPECT_EQ(t.to(DType::bf16).to_values()[0], bf16_bits_to_f32(f32_to_bf16_bits(third)));
+  EXPECT_EQ(Tensor::full({1}, 3, DType::i64).to(DType::f64).to(DType::i32).item(), 3.0);
 }
 
 TEST(Tensor, FromStorageChecksBounds) {

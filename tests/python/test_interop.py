@@ -120,10 +120,20 @@ def test_read_only_arrays_are_accepted():
 
 
 def test_unsupported_dtype_raises():
-    with pytest.raises(qkv.QkvError, match="float64"):
-        qkv.from_numpy(np.zeros(3))
+    with pytest.raises(qkv.QkvError, match="complex64"):
+        qkv.from_numpy(np.zeros(3, dtype=np.complex64))
     with pytest.raises(qkv.QkvError, match="uint8"):
         qkv.from_numpy(np.zeros(3, dtype=np.uint8))
+
+
+def test_float64_arrays_are_f64():
+    arr = np.arange(3, dtype=np.float64) / 3
+    t = qkv.from_numpy(arr)
+    assert t.dtype == "f64" and t.numpy().tolist() == arr.tolist()
+    assert np.asarray(t).dtype == np.float64
+    assert qkv.tensor(arr).dtype == "f32"  # Python's floats and float64 arrays -> f32 by default
+    assert qkv.tensor(arr, dtype="float64").tolist() == arr.tolist()
+    assert qkv.tensor([0.1], dtype="f64").item() == 0.1
 
 
 def test_tensor_converts_what_from_numpy_refuses():
