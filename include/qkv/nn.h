@@ -94,6 +94,9 @@ class MultiHeadAttention {
   // Copies values in; names and shapes must match exactly (strict load).
   void load_state_dict(const std::map<std::string, Tensor>& state);
 
+  // Converts the parameters (and Performer's features) to `dtype`, a float
+  // dtype; f64 is for gradcheck (qkv/gradcheck.h).
+  void to(DType dtype);
   // Performer: draws new random features (the paper redraws them during training).
   void redraw_features(uint64_t seed);
 

@@ -6,6 +6,13 @@
 
 Ops record onto the tape when an input requires a gradient; ``no_grad()``
 turns recording off in its block (per thread).
+
+``gradcheck(fn, leaves)`` checks backward against central finite differences
+in f64, as torch.autograd.gradcheck does::
+
+    x = qkv.autograd.Variable(qkv.randn([3, 5], dtype="f64"), requires_grad=True)
+    result = qkv.autograd.gradcheck(lambda: qkv.autograd.softmax(x), [x])
+    assert result["passed"], result["failures"]
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from ._qkv.autograd import (  # noqa: F401
     embedding,
     gelu,
     grad_enabled,
+    gradcheck,
     layer_norm,
     linear,
     log_softmax,

@@ -3,6 +3,8 @@
 // released in backward() and in the heavier ops.
 #include "qkv/autograd.h"
 
+#include <nanobind/stl/function.h>
+
 #include <nanobind/stl/optional.h>
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/vector.h>
@@ -11,6 +13,7 @@
 #include <string>
 
 #include "bindings.h"
+#include "qkv/gradcheck.h"
 
 namespace qkv::python {
 namespace {
@@ -78,6 +81,27 @@ void bind_autograd(nb::module_& m) {
       });
 
   using V = const Variable&;
+  ag.def(
+      "gradcheck",
+      [](const std::function<Variable()>& fn, const std::vector<Variable>& leaves, double eps,
+         double atol, double rtol, int64_t max_elements, int directions, uint64_t seed) {
+        const autograd::GradcheckResult r = autograd::gradcheck(
+            fn, leaves,
+            {.eps = eps, .atol = atol, .rtol = rtol, .max_elements = max_elements,
+             .directions = directions, .seed = seed});
+        nb::dict out;
+        out["passed"] = r.passed;
+        out["checks"] = r.checks;
+        out["max_error"] = r.max_error;
+        out["failures"] = r.failures;
+        return out;
+      },
+      nb::arg("fn"), nb::arg("leaves"), nb::arg("eps") = 1e-6, nb::arg("atol") = 1e-5,
+      nb::arg("rtol") = 1e-3, nb::arg("max_elements") = 0, nb::arg("directions") = 0,
+      nb::arg("seed") = 0,
+      "fn() -> an f64 Variable computed from `leaves` (f64, requires_grad): its backward "
+      "against central finite differences in f64 (qkv/gradcheck.h). Returns a dict: passed, "
+      "checks, max_error, failures (one line per failed check).");
   ag.def("grad_enabled", &autograd::grad_enabled);
   ag.def("set_grad_enabled", &autograd::set_grad_enabled, nb::arg("on"));
   ag.def("autocast_enabled", &autograd::autocast_enabled);

@@ -98,6 +98,14 @@ void bind_layers(nb::module_& m) {
            })
       .def_prop_ro("training", &nn::Module::training)
       .def("zero_grad", &nn::Module::zero_grad)
+      .def(
+          "to",
+          [](nb::handle self, const std::string& dtype) {
+            nb::cast<nn::Module&>(self).to(parse_dtype(dtype));
+            return nb::borrow(self);
+          },
+          nb::arg("dtype"),
+          "Converts the parameters to dtype ('f64' for gradcheck), like torch's module.to.")
       .def_prop_ro("type_name", &nn::Module::type_name);
 
   module_class<nn::Linear>(mod, "Linear", "torch.nn.Linear: weight [out, in], bias [out].")

@@ -256,6 +256,13 @@ ShawPositions MultiHeadAttention::shaw_positions() const {
           .max_distance = config_.shaw_max_distance};
 }
 
+void MultiHeadAttention::to(DType dtype) {
+  QKV_CHECK(is_floating(dtype), "MultiHeadAttention.to: ", dtype_name(dtype),
+            " is not a float dtype (f32, f64, bf16, f16)");
+  for (auto& [name, p] : parameters_) p = p.to(dtype);
+  if (performer_projection_.defined()) performer_projection_ = performer_projection_.to(dtype);
+}
+
 void MultiHeadAttention::load_state_dict(const std::map<std::string, Tensor>& state) {
   detail::load_state_dict("MultiHeadAttention", parameters_, state, /*strict=*/true);
 }
