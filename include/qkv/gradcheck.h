@@ -43,9 +43,9 @@ struct GradcheckOptions {
 
 struct GradcheckResult {
   bool passed = true;
-  int64_t checks = 0;          // differences compared
-  double max_error = 0;        // the largest |analytic - numeric|
-  std::string failures;        // one line per failed check (the first 20)
+  int64_t checks = 0;    // differences compared
+  double max_error = 0;  // the largest |analytic - numeric|
+  std::string failures;  // one line per failed check (the first 20)
   explicit operator bool() const { return passed; }
 };
 

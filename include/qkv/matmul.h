@@ -13,7 +13,9 @@ struct MatmulOptions {
 // a: [..., M, K] (or [..., K, M] with transpose_a), b: [..., K, N] (or [..., N, K]).
 // Batch dimensions broadcast as in torch.matmul; 1-D operands are not promoted
 // (use unsqueeze). Both f32, or both bf16 (AMX / AVX512-BF16 where present);
-// the result is f32 and contiguous: [broadcast(batch), M, N]. Arbitrary strides
+// the result is f32 and contiguous: [broadcast(batch), M, N]. With an f64
+// operand both are taken as f64 and the result is f64: plain double loops,
+// for checking (gradcheck), not speed. Arbitrary strides
 // are taken as they are where oneDNN can read them, else copied once.
 // Primitives are cached by shape, strides and dtype.
 Tensor matmul(const Tensor& a, const Tensor& b, const MatmulOptions& options = {});

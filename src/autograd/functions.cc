@@ -173,7 +173,10 @@ Variable linear(const Variable& x_in, const Variable& weight_in, const Variable&
   if (bias.defined()) {
     QKV_CHECK(bias.dim() == 1 && bias.size(0) == out, "linear: bias ", shape_string(bias.shape()),
               " does not fit weight ", shape_string(wv.shape()), " (bias is [out])");
-    add_bias_rows(y, bias.value());
+    if (y.dtype() == DType::f32 && bias.dtype() != DType::f64)
+      add_bias_rows(y, bias.value());
+    else
+      y = qkv::add(y, bias.value());  // f64 (or promoted to it)
   }
   const bool wants_w = needs_grad(weight), wants_b = needs_grad(bias);
   return record("linear", y.view(out_shape), {x, weight, bias},
@@ -186,7 +189,8 @@ Variable linear(const Variable& x_in, const Variable& weight_in, const Variable&
                   Tensor dx, dw, db;
                   if (wv.defined()) dx = qkv::matmul(g_mm, wv).view(xs);
                   if (rows.defined()) dw = qkv::matmul(g_mm, rows, {.transpose_a = true});
-                  if (wants_b) db = column_sums(g_rows);
+                  if (wants_b)
+                    db = g_rows.dtype() == DType::f64 ? qkv::sum(g_rows, 0) : column_sums(g_rows);
                   return std::vector<Tensor>{dx, dw, db};
                 });
 }
@@ -285,7 +289,7 @@ Variable transpose(const Variable& x, int64_t dim0, int64_t dim1) {
 Variable narrow(const Variable& x, int64_t dim, int64_t start, int64_t length) {
   return record("narrow", x.value().narrow(dim, start, length), {x},
                 [s = x.shape(), dim, start, length](const Tensor& g) {
-                  Tensor full = Tensor::zeros(s);
+                  Tensor full = Tensor::zeros(s, g.dtype());
                   full.narrow(dim, start, length).copy_(g);
                   return std::vector<Tensor>{full};
                 });
@@ -294,7 +298,7 @@ Variable narrow(const Variable& x, int64_t dim, int64_t start, int64_t length) {
 Variable select(const Variable& x, int64_t dim, int64_t index) {
   return record("select", x.value().select(dim, index), {x},
                 [s = x.shape(), dim, index](const Tensor& g) {
-                  Tensor full = Tensor::zeros(s);
+                  Tensor full = Tensor::zeros(s, g.dtype());
                   full.select(dim, index).copy_(g);
                   return std::vector<Tensor>{full};
                 });

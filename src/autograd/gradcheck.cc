@@ -78,13 +78,13 @@ class Checker {
   void compare(double analytic, double numeric, const std::string& what, GradcheckResult& r) {
     ++r.checks;
     const double error = std::fabs(analytic - numeric);
-    r.max_error = std::isnan(error) ? std::numeric_limits<double>::infinity()
-                                    : std::max(r.max_error, error);
+    r.max_error =
+        std::isnan(error) ? std::numeric_limits<double>::infinity() : std::max(r.max_error, error);
     if (error <= options_.atol + options_.rtol * std::fabs(numeric)) return;
     r.passed = false;
     if (++failures_ > kMaxReportedFailures) return;
     r.failures += qkv::detail::str(what, ": backward ", analytic, ", finite difference ", numeric,
-                              " (error ", error, ")\n");
+                                   " (error ", error, ")\n");
   }
 
  private:
@@ -110,9 +110,8 @@ GradcheckResult gradcheck(const std::function<Variable()>& f, const std::vector<
   Generator gen(options.seed);
   const Variable out = checked_output(f);
   QKV_CHECK(out.requires_grad(), "gradcheck: the output does not depend on any leaf");
-  const Tensor weights = out.value().numel() == 1
-                             ? Tensor::ones(out.shape(), DType::f64)
-                             : randn(out.shape(), gen, DType::f64);
+  const Tensor weights = out.value().numel() == 1 ? Tensor::ones(out.shape(), DType::f64)
+                                                  : randn(out.shape(), gen, DType::f64);
   out.backward(weights);
   std::vector<Tensor> analytic;
   for (size_t n = 0; n < leaves.size(); ++n) {
@@ -129,9 +128,10 @@ GradcheckResult gradcheck(const std::function<Variable()>& f, const std::vector<
     const double* g = analytic[n].data<double>();
     const int64_t numel = leaves[n].value().numel();
     for (int64_t i : chosen_elements(numel, options.max_elements, gen))
-      checker.compare(g[i], checker.directional(x, {{i, 1.0}}),
-                      qkv::detail::str("leaf ", n, " ", shape_string(leaves[n].shape()), " element ", i),
-                      result);
+      checker.compare(
+          g[i], checker.directional(x, {{i, 1.0}}),
+          qkv::detail::str("leaf ", n, " ", shape_string(leaves[n].shape()), " element ", i),
+          result);
     for (int d = 0; d < options.directions; ++d) {
       std::vector<std::pair<int64_t, double>> u(static_cast<size_t>(numel));
       double norm = 0;
@@ -143,7 +143,7 @@ GradcheckResult gradcheck(const std::function<Variable()>& f, const std::vector<
       for (auto& [i, ui] : u) dot += g[i] * (ui /= std::sqrt(norm));
       checker.compare(dot, checker.directional(x, u),
                       qkv::detail::str("leaf ", n, " ", shape_string(leaves[n].shape()),
-                                  " random direction ", d),
+                                       " random direction ", d),
                       result);
     }
   }

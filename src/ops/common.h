@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <initializer_list>
 
 #include "core/parallel.h"
 #include "qkv/tensor.h"
@@ -25,20 +26,35 @@ inline void check_input(const Tensor& t, const char* op, const char* arg) {
   QKV_CHECK(t.device().type == DeviceType::cpu, op, ": argument ", arg, " is on ",
             to_string(t.device()), "; only cpu tensors are supported");
   QKV_CHECK(is_floating(t.dtype()), op, ": argument ", arg, " has dtype ", dtype_name(t.dtype()),
-            "; expected a floating dtype (f32, bf16 or f16)");
+            "; expected a floating dtype (f32, f64, bf16 or f16)");
 }
 
-// A contiguous f32 tensor with x's values: x itself when it already is one.
+// Whether an op with these operands runs its f64 path: any f64 operand
+// promotes the rest (torch's type promotion). f64 runs the scalar reference
+// kernels with double intermediates (kernels/ref/): it is for checking
+// (gradcheck), not speed. Undefined tensors (absent weights) do not count.
+inline bool any_f64(std::initializer_list<const Tensor*> operands) {
+  for (const Tensor* t : operands)
+    if (t->defined() && t->dtype() == DType::f64) return true;
+  return false;
+}
+
+// A contiguous tensor of element type T (float or double) with x's values:
+// x itself when it already is one.
+template <class T>
+Tensor contiguous_as(const Tensor& x) {
+  return x.to(dtype_of<T>::value).contiguous();
+}
 inline Tensor contiguous_f32(const Tensor& x) {
-  return x.to(DType::f32).contiguous();
+  return contiguous_as<float>(x);
 }
 
 // dst[b][c][r] = src[b][r][c] for a contiguous src of shape [batch, rows,
 // cols]: moves a dim last and back for the row ops, in square tiles so that
 // both sides are read and written a cache line at a time. (Tensor::contiguous
 // of a permuted view walks it element by element: 5x slower here.)
-inline void transpose_batched(const float* src, float* dst, int64_t batch, int64_t rows,
-                              int64_t cols) {
+template <class T>
+void transpose_batched(const T* src, T* dst, int64_t batch, int64_t rows, int64_t cols) {
   constexpr int64_t kTile = 32;
   const int64_t row_tiles = (rows + kTile - 1) / kTile, col_tiles = (cols + kTile - 1) / kTile;
   const int64_t tiles = row_tiles * col_tiles;
@@ -46,8 +62,8 @@ inline void transpose_batched(const float* src, float* dst, int64_t batch, int64
     for (int64_t item = begin; item < end; ++item) {
       const int64_t b = item / tiles;
       const int64_t r0 = item % tiles / col_tiles * kTile, c0 = item % col_tiles * kTile;
-      const float* s = src + b * rows * cols;
-      float* d = dst + b * rows * cols;
+      const T* s = src + b * rows * cols;
+      T* d = dst + b * rows * cols;
       const int64_t r1 = std::min(rows, r0 + kTile), c1 = std::min(cols, c0 + kTile);
       for (int64_t c = c0; c < c1; ++c)
         for (int64_t r = r0; r < r1; ++r) d[c * rows + r] = s[r * cols + c];
@@ -55,37 +71,39 @@ inline void transpose_batched(const float* src, float* dst, int64_t batch, int64
   });
 }
 
-// x as contiguous f32 rows along `dim`: `data` is [outer * inner, n], rows in
+// x as contiguous rows of T along `dim`: `data` is [outer * inner, n], rows in
 // (outer, inner) order, for x of shape [outer..., n, inner...].
 struct RowsAlong {
   Tensor data;
   int64_t outer = 1, n = 1, inner = 1;
 };
 
-inline RowsAlong rows_along(const Tensor& x, int64_t dim) {
+template <class T = float>
+RowsAlong rows_along(const Tensor& x, int64_t dim) {
   RowsAlong r;
   for (int64_t i = 0; i < x.dim(); ++i) {
     const int64_t s = x.size(i);
     (i < dim ? r.outer : i == dim ? r.n : r.inner) *= s;
   }
-  const Tensor in = contiguous_f32(x);
+  const Tensor in = contiguous_as<T>(x);
   if (r.inner == 1) {
     r.data = in;
     return r;
   }
-  r.data = Tensor::empty({r.outer * r.inner, r.n}, DType::f32);
-  transpose_batched(in.data<float>(), r.data.data<float>(), r.outer, r.n, r.inner);
+  r.data = Tensor::empty({r.outer * r.inner, r.n}, dtype_of<T>::value);
+  transpose_batched(in.data<T>(), r.data.data<T>(), r.outer, r.n, r.inner);
   return r;
 }
 
 // The [n] affine parameter of a norm over rows of length n, as contiguous
-// f32, or an undefined tensor when the caller gave none.
-inline Tensor norm_parameter(const Tensor& p, int64_t n, const char* op, const char* arg) {
+// T, or an undefined tensor when the caller gave none.
+template <class T = float>
+Tensor norm_parameter(const Tensor& p, int64_t n, const char* op, const char* arg) {
   if (!p.defined()) return p;
   check_input(p, op, arg);
   QKV_CHECK(p.shape() == Shape{n}, op, ": argument ", arg, " has shape ", shape_string(p.shape()),
             "; expected [", n, "] (the size of x's last dim)");
-  return contiguous_f32(p);
+  return contiguous_as<T>(p);
 }
 
 inline void check_norm_input(const Tensor& x, double eps, const char* op) {

@@ -92,14 +92,21 @@ Tensor embedding(const Tensor& weight, const Tensor& ids) {
   QKV_CHECK(weight.dim() == 2, op, ": argument weight must be 2-D [num_embeddings, dim], got ",
             shape_string(weight.shape()));
   QKV_CHECK(is_floating(weight.dtype()), op, ": argument weight has dtype ",
-            dtype_name(weight.dtype()), "; expected f32, bf16 or f16");
+            dtype_name(weight.dtype()), "; expected f32, f64, bf16 or f16");
   const int64_t rows = weight.size(0), dim = weight.size(1);
   const std::vector<int64_t> flat = checked_ids(ids, rows, op);
 
   Shape shape = ids.shape();
   shape.push_back(dim);
-  Tensor out = Tensor::empty(shape);
   const int64_t n = static_cast<int64_t>(flat.size());
+  if (weight.dtype() == DType::f64) {  // the f64 path (gradcheck): rows copied as they are
+    Tensor out = Tensor::empty(shape, DType::f64);
+    const Tensor w = weight.contiguous();
+    for (int64_t i = 0; i < n; ++i)
+      std::copy_n(w.data<double>() + flat[i] * dim, dim, out.data<double>() + i * dim);
+    return out;
+  }
+  Tensor out = Tensor::empty(shape);
   if (n == 0 || dim == 0) return out;
   // Rows are read in place (a table of 50k x 4k is not copied for a few
   // ids); only a table whose columns are not adjacent is made contiguous.
@@ -124,7 +131,7 @@ Tensor embedding_backward(const Tensor& grad, const Tensor& ids, int64_t num_emb
   QKV_CHECK(grad.device().type == DeviceType::cpu, op, ": argument grad is on ",
             to_string(grad.device()), "; only cpu tensors are supported");
   QKV_CHECK(is_floating(grad.dtype()), op, ": argument grad has dtype ", dtype_name(grad.dtype()),
-            "; expected f32, bf16 or f16");
+            "; expected f32, f64, bf16 or f16");
   QKV_CHECK(ids.defined(), op, ": argument ids is an undefined tensor");
   Shape want = ids.shape();
   QKV_CHECK(
@@ -135,6 +142,17 @@ Tensor embedding_backward(const Tensor& grad, const Tensor& ids, int64_t num_emb
   const std::vector<int64_t> flat = checked_ids(ids, num_embeddings, op);
   const int64_t n = static_cast<int64_t>(flat.size());
 
+  if (grad.dtype() == DType::f64) {  // the f64 path (gradcheck): in id order, in double
+    Tensor out = Tensor::zeros({num_embeddings, dim}, DType::f64);
+    const Tensor g = grad.contiguous();
+    for (int64_t i = 0; i < n; ++i) {
+      if (flat[i] == padding_idx) continue;
+      double* row = out.data<double>() + flat[i] * dim;
+      const double* from = g.data<double>() + i * dim;
+      for (int64_t c = 0; c < dim; ++c) row[c] += from[c];
+    }
+    return out;
+  }
   Tensor out = Tensor::zeros({num_embeddings, dim});
   if (n == 0 || dim == 0 || num_embeddings == 0) return out;
   const Tensor g = grad.to(DType::f32).contiguous();

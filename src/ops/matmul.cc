@@ -257,8 +257,9 @@ void check_operand(const Tensor& t, const char* name) {
             to_string(t.device()), "; only cpu is supported");
   QKV_CHECK(t.dim() >= 2, "matmul: argument ", name, " must have rank >= 2, got shape ",
             shape_string(t.shape()), " (rank ", t.dim(), ")");
-  QKV_CHECK(t.dtype() == DType::f32 || t.dtype() == DType::bf16, "matmul: argument ", name,
-            " has dtype ", dtype_name(t.dtype()), "; supported are f32 and bf16");
+  QKV_CHECK(t.dtype() == DType::f32 || t.dtype() == DType::bf16 || t.dtype() == DType::f64,
+            "matmul: argument ", name, " has dtype ", dtype_name(t.dtype()),
+            "; supported are f32, bf16 and f64");
 }
 
 // The operands as the product reads them, and the result's shape.
@@ -272,11 +273,16 @@ struct Product {
 Product validate(const Tensor& a_in, const Tensor& b_in, const MatmulOptions& options) {
   check_operand(a_in, "a");
   check_operand(b_in, "b");
-  QKV_CHECK(a_in.dtype() == b_in.dtype(), "matmul: a has dtype ", dtype_name(a_in.dtype()),
-            " but b has dtype ", dtype_name(b_in.dtype()), "; both must be f32 or both bf16");
+  const bool f64 = a_in.dtype() == DType::f64 || b_in.dtype() == DType::f64;
+  QKV_CHECK(f64 || a_in.dtype() == b_in.dtype(), "matmul: a has dtype ",
+            dtype_name(a_in.dtype()), " but b has dtype ", dtype_name(b_in.dtype()),
+            "; both must be f32 or both bf16 (or either f64)");
   Product p;
-  p.a = options.transpose_a ? a_in.transpose(-2, -1) : a_in;
-  p.b = options.transpose_b ? b_in.transpose(-2, -1) : b_in;
+  // f64 promotes the other operand (torch's type promotion).
+  p.a = f64 ? a_in.to(DType::f64) : a_in;
+  p.b = f64 ? b_in.to(DType::f64) : b_in;
+  if (options.transpose_a) p.a = p.a.transpose(-2, -1);
+  if (options.transpose_b) p.b = p.b.transpose(-2, -1);
   const int64_t M = p.a.size(-2), N = p.b.size(-1);
   p.K = p.a.size(-1);
   QKV_CHECK(p.b.size(-2) == p.K, "matmul: inner dims differ: a ", shape_string(a_in.shape()),
@@ -297,8 +303,40 @@ Product validate(const Tensor& a_in, const Tensor& b_in, const MatmulOptions& op
   return p;
 }
 
+// The f64 product (for checking, not speed: oneDNN has no f64 matmul on
+// the CPU): each output row is a double dot product over contiguous copies.
+void run_f64(const Product& p, const Tensor& out) {
+  Shape a_shape = p.batch, b_shape = p.batch;
+  a_shape.insert(a_shape.end(), {p.a.size(-2), p.K});
+  b_shape.insert(b_shape.end(), {p.K, p.b.size(-1)});
+  const Tensor a = p.a.expand(a_shape).contiguous();
+  const Tensor bt = p.b.expand(b_shape).transpose(-2, -1).contiguous();  // [..., N, K]
+  const int64_t M = a.size(-2), N = bt.size(-2), K = p.K;
+  const int64_t batches = shape_numel(p.batch);
+  const double* pa = a.data<double>();
+  const double* pb = bt.data<double>();
+  double* po = out.data<double>();
+  detail::parallel_for(0, batches * M, std::max<int64_t>(1, 4096 / std::max<int64_t>(1, N * K)),
+                       [&](int64_t begin, int64_t end) {
+                         for (int64_t row = begin; row < end; ++row) {
+                           const int64_t batch = row / M;
+                           const double* x = pa + row * K;
+                           for (int64_t n = 0; n < N; ++n) {
+                             const double* y = pb + (batch * N + n) * K;
+                             double acc = 0.0;
+                             for (int64_t k = 0; k < K; ++k) acc += x[k] * y[k];
+                             po[row * N + n] = acc;
+                           }
+                         }
+                       });
+}
+
 void run(Product p, const Tensor& out) {
   if (out.numel() == 0) return;
+  if (out.dtype() == DType::f64) {
+    run_f64(p, out);
+    return;
+  }
   // oneDNN rejects K = 0; the empty sum is 0.
   if (p.K == 0) {
     std::memset(out.raw_data(), 0, out.nbytes());
@@ -330,7 +368,7 @@ void run(Product p, const Tensor& out) {
 
 Tensor matmul(const Tensor& a, const Tensor& b, const MatmulOptions& options) {
   Product p = validate(a, b, options);
-  Tensor out = Tensor::empty(p.out_shape);
+  Tensor out = Tensor::empty(p.out_shape, p.a.dtype() == DType::f64 ? DType::f64 : DType::f32);
   run(std::move(p), out);
   return out;
 }
@@ -339,8 +377,10 @@ void matmul_into(const Tensor& a, const Tensor& b, const Tensor& out,
                  const MatmulOptions& options) {
   Product p = validate(a, b, options);
   QKV_CHECK(out.defined(), "matmul_into: argument out is undefined");
-  QKV_CHECK(out.dtype() == DType::f32 && out.is_contiguous() && out.shape() == p.out_shape,
-            "matmul_into: out must be a contiguous f32 ", shape_string(p.out_shape),
+  const DType out_dtype = p.a.dtype() == DType::f64 ? DType::f64 : DType::f32;
+  QKV_CHECK(out.dtype() == out_dtype && out.is_contiguous() && out.shape() == p.out_shape,
+            "matmul_into: out must be a contiguous ", dtype_name(out_dtype), " ",
+            shape_string(p.out_shape),
             ", got a ", out.is_contiguous() ? "contiguous " : "non-contiguous ",
             dtype_name(out.dtype()), " ", shape_string(out.shape()));
   QKV_CHECK(out.device().type == DeviceType::cpu, "matmul_into: out is on ",

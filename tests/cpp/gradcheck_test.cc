@@ -25,8 +25,7 @@ namespace {
 // eps = 1e-6 are good to about 1e-9 here.
 constexpr GradcheckOptions kOps{.atol = 1e-7, .rtol = 1e-6};
 // Modules: a sample of each parameter's elements plus random directions.
-constexpr GradcheckOptions kModules{
-    .atol = 1e-7, .rtol = 1e-6, .max_elements = 6, .directions = 2};
+constexpr GradcheckOptions kModules{.atol = 1e-7, .rtol = 1e-6, .max_elements = 6, .directions = 2};
 
 Variable leaf(const Shape& shape, Generator& gen, double scale = 1.0) {
   return Variable(qkv::scale(randn(shape, gen, DType::f64), scale), true);
@@ -53,9 +52,8 @@ TEST(Gradcheck, CatchesAWrongBackwardAndNamesTheElement) {
   Variable x = leaf({2, 3}, gen);
   auto wrong_square = [&] {  // d(x^2)/dx recorded as x instead of 2x
     const Tensor xv = x.value();
-    return record("wrong_square", qkv::mul(xv, xv), {x}, [xv](const Tensor& g) {
-      return std::vector<Tensor>{qkv::mul(g, xv)};
-    });
+    return record("wrong_square", qkv::mul(xv, xv), {x},
+                  [xv](const Tensor& g) { return std::vector<Tensor>{qkv::mul(g, xv)}; });
   };
   const GradcheckResult r = gradcheck(wrong_square, {x});
   EXPECT_FALSE(r);
@@ -188,9 +186,7 @@ TEST(GradcheckOps, Losses) {
     SCOPED_TRACE(reduction_name(r));
     expect_gradcheck([&] { return cross_entropy(logits, targets, {.reduction = r}); }, {logits});
     expect_gradcheck(
-        [&] {
-          return cross_entropy(logits, targets, {.label_smoothing = 0.1, .reduction = r});
-        },
+        [&] { return cross_entropy(logits, targets, {.label_smoothing = 0.1, .reduction = r}); },
         {logits});
   }
   Variable spatial = leaf({2, 3, 4}, gen);  // classes along dim 1
@@ -210,8 +206,8 @@ TEST(GradcheckOps, RotaryEmbedding) {
   expect_gradcheck([&] { return rotary_embedding(x); }, {x});
   expect_gradcheck(
       [&] {
-        return rotary_embedding(x, {.offset = 3, .style = RotaryStyle::interleaved,
-                                    .rotary_dim = 4});
+        return rotary_embedding(x,
+                                {.offset = 3, .style = RotaryStyle::interleaved, .rotary_dim = 4});
       },
       {x});
 }
@@ -263,8 +259,7 @@ TEST(GradcheckAttention, FullyMaskedRowsAndSingleKeys) {
   const Qkv u = qkv_leaves(gen, 1, 4, 4, 2);
   Tensor hide_row = Tensor::ones({4, 4}, DType::boolean);
   for (int64_t j = 0; j < 4; ++j) hide_row.data<bool>()[8 + j] = false;  // row 2 sees nothing
-  expect_gradcheck([&] { return attention(u.q, u.k, u.v, {.mask = hide_row}); },
-                   {u.q, u.k, u.v});
+  expect_gradcheck([&] { return attention(u.q, u.k, u.v, {.mask = hide_row}); }, {u.q, u.k, u.v});
 }
 
 TEST(GradcheckAttention, GroupedQueryHeads) {
@@ -286,12 +281,11 @@ TEST(GradcheckAttention, T5BiasTableGradient) {
     const Tensor qv = t.q.value(), kv = t.k.value(), vv = t.v.value();
     AttentionResult r = qkv::attention(qv, kv, vv, o);
     const Tensor out = r.output;
-    return record("t5_attention", out, {t.q, t.k, t.v, table},
-                  [=, r = std::move(r)](const Tensor& g) {
-                    AttentionGradients a = attention_backward(g, qv, kv, vv, r, o);
-                    return std::vector<Tensor>{a.grad_q, a.grad_k, a.grad_v,
-                                               a.grad_score_mod.at(0)};
-                  });
+    return record(
+        "t5_attention", out, {t.q, t.k, t.v, table}, [=, r = std::move(r)](const Tensor& g) {
+          AttentionGradients a = attention_backward(g, qv, kv, vv, r, o);
+          return std::vector<Tensor>{a.grad_q, a.grad_k, a.grad_v, a.grad_score_mod.at(0)};
+        });
   };
   expect_gradcheck(f, {t.q, t.k, t.v, table});
 }
@@ -331,10 +325,11 @@ TEST(GradcheckAttention, Linformer) {
       const Tensor ev = e.value(), fv = f.value();
       AttentionResult r = linformer_attention(qv, kv, vv, ev, fv);
       const Tensor out = r.output;
-      return record("linformer", out, {t.q, t.k, t.v, e, f}, [=, r = std::move(r)](const Tensor& g) {
-        LinformerGradients l = linformer_attention_backward(g, qv, kv, vv, ev, fv, r);
-        return std::vector<Tensor>{l.grad_q, l.grad_k, l.grad_v, l.grad_e, l.grad_f};
-      });
+      return record("linformer", out, {t.q, t.k, t.v, e, f},
+                    [=, r = std::move(r)](const Tensor& g) {
+                      LinformerGradients l = linformer_attention_backward(g, qv, kv, vv, ev, fv, r);
+                      return std::vector<Tensor>{l.grad_q, l.grad_k, l.grad_v, l.grad_e, l.grad_f};
+                    });
     };
     expect_gradcheck(fn, {t.q, t.k, t.v, e, f});
   }
@@ -419,12 +414,11 @@ TEST(GradcheckModules, MultiheadAttention) {
   padding.data<bool>()[9] = true;
   expect_gradcheck([&] { return attn.forward(q, kv, kv, {.key_padding_mask = padding}); },
                    leaves_of(attn, {q, kv}), kModules);
-  nn::Attention cross({.embed_dim = 6, .num_heads = 3, .kdim = 4, .vdim = 5,
-                       .batch_first = true}, gen);
+  nn::Attention cross({.embed_dim = 6, .num_heads = 3, .kdim = 4, .vdim = 5, .batch_first = true},
+                      gen);
   cross.to(DType::f64);
   Variable k = leaf({2, 5, 4}, gen), v = leaf({2, 5, 5}, gen);
-  expect_gradcheck([&] { return cross.forward(q, k, v); }, leaves_of(cross, {q, k, v}),
-                   kModules);
+  expect_gradcheck([&] { return cross.forward(q, k, v); }, leaves_of(cross, {q, k, v}), kModules);
 }
 
 // The configurable layer with an explicit backward (positions, kernels,
@@ -469,8 +463,7 @@ TEST(GradcheckModules, MultiHeadAttentionVariants) {
                             c.t5 = {.num_buckets = 6, .max_distance = 8};
                           }),
                           gen);
-  check_multihead_variant(with([](auto& c) { c.positions = nn::AttentionPositions::rotary; }),
-                          gen);
+  check_multihead_variant(with([](auto& c) { c.positions = nn::AttentionPositions::rotary; }), gen);
   check_multihead_variant(with([](auto& c) {
                             c.positions = nn::AttentionPositions::shaw;
                             c.shaw_max_distance = 2;
@@ -491,8 +484,13 @@ TEST(GradcheckModules, MultiHeadAttentionVariants) {
 }
 
 nn::TransformerLayerConfig small_layer(bool norm_first) {
-  return {.d_model = 8, .nhead = 2, .dim_feedforward = 12, .dropout = 0.0,
-          .activation = nn::Activation::gelu, .batch_first = true, .norm_first = norm_first};
+  return {.d_model = 8,
+          .nhead = 2,
+          .dim_feedforward = 12,
+          .dropout = 0.0,
+          .activation = nn::Activation::gelu,
+          .batch_first = true,
+          .norm_first = norm_first};
 }
 
 TEST(GradcheckModules, EncoderAndDecoderLayersPreAndPostNorm) {
@@ -513,17 +511,19 @@ TEST(GradcheckModules, EncoderAndDecoderLayersPreAndPostNorm) {
 TEST(GradcheckModules, EncoderDecoderStacksAndTransformer) {
   Generator gen(24);
   Variable src = leaf({2, 4, 8}, gen), tgt = leaf({2, 3, 8}, gen);
-  nn::TransformerEncoder encoder({.layer = small_layer(false), .num_layers = 2, .norm = true},
-                                 gen);
+  nn::TransformerEncoder encoder({.layer = small_layer(false), .num_layers = 2, .norm = true}, gen);
   encoder.to(DType::f64);
   expect_gradcheck([&] { return encoder.forward(src); }, leaves_of(encoder, {src}), kModules);
-  nn::TransformerDecoder decoder({.layer = small_layer(true), .num_layers = 2, .norm = true},
-                                 gen);
+  nn::TransformerDecoder decoder({.layer = small_layer(true), .num_layers = 2, .norm = true}, gen);
   decoder.to(DType::f64);
   expect_gradcheck([&] { return decoder.forward(tgt, src); }, leaves_of(decoder, {tgt, src}),
                    kModules);
-  nn::Transformer transformer({.d_model = 8, .nhead = 2, .num_encoder_layers = 2,
-                               .num_decoder_layers = 2, .dim_feedforward = 12, .dropout = 0.0,
+  nn::Transformer transformer({.d_model = 8,
+                               .nhead = 2,
+                               .num_encoder_layers = 2,
+                               .num_decoder_layers = 2,
+                               .dim_feedforward = 12,
+                               .dropout = 0.0,
                                .batch_first = true},
                               gen);
   transformer.to(DType::f64);
@@ -534,10 +534,14 @@ TEST(GradcheckModules, EncoderDecoderStacksAndTransformer) {
 TEST(GradcheckModules, AttentionPoolingClassifier) {
   Generator gen(25);
   const Tensor ids = Tensor::from_values({3, 1, 4, 0, 2, 2, 0, 0}, {2, 4}, DType::i64);
-  for (nn::PositionalEncoding pe : {nn::PositionalEncoding::sinusoidal,
-                                    nn::PositionalEncoding::learned}) {
-    nn::AttentionPoolingClassifier model({.vocab_size = 5, .d_model = 6, .max_len = 4,
-                                          .num_classes = 3, .positional = pe, .padding_idx = 0},
+  for (nn::PositionalEncoding pe :
+       {nn::PositionalEncoding::sinusoidal, nn::PositionalEncoding::learned}) {
+    nn::AttentionPoolingClassifier model({.vocab_size = 5,
+                                          .d_model = 6,
+                                          .max_len = 4,
+                                          .num_classes = 3,
+                                          .positional = pe,
+                                          .padding_idx = 0},
                                          gen);
     model.to(DType::f64);
     expect_gradcheck([&] { return model.forward(ids); }, leaves_of(model), kModules);
@@ -549,7 +553,11 @@ TEST(GradcheckModules, GptLearnedAndRotary) {
   const Tensor ids = Tensor::from_values({1, 4, 2, 0, 3, 3, 1, 2}, {2, 4}, DType::i64);
   const Tensor targets = Tensor::from_values({4, 2, 0, 3, 3, 1, 2, -1}, {2, 4}, DType::i64);
   for (nn::GPTPositions positions : {nn::GPTPositions::learned, nn::GPTPositions::rotary}) {
-    nn::GPT gpt({.vocab_size = 5, .context = 4, .n_layer = 2, .n_head = 2, .d_model = 8,
+    nn::GPT gpt({.vocab_size = 5,
+                 .context = 4,
+                 .n_layer = 2,
+                 .n_head = 2,
+                 .d_model = 8,
                  .positions = positions},
                 gen);
     gpt.to(DType::f64);
@@ -558,8 +566,13 @@ TEST(GradcheckModules, GptLearnedAndRotary) {
 }
 
 nn::BertConfig tiny_bert() {
-  return {.vocab_size = 11, .hidden_size = 8, .num_hidden_layers = 2, .num_attention_heads = 2,
-          .intermediate_size = 12, .max_position_embeddings = 6, .hidden_dropout_prob = 0.0,
+  return {.vocab_size = 11,
+          .hidden_size = 8,
+          .num_hidden_layers = 2,
+          .num_attention_heads = 2,
+          .intermediate_size = 12,
+          .max_position_embeddings = 6,
+          .hidden_dropout_prob = 0.0,
           .attention_probs_dropout_prob = 0.0};
 }
 
@@ -577,8 +590,7 @@ TEST(GradcheckModules, BertEncoderAndHeads) {
       leaves_of(*bert), kModules);
   nn::BertForSequenceClassification classifier(bert, {"negative", "positive"}, gen);
   classifier.to(DType::f64);
-  expect_gradcheck([&] { return classifier.forward(ids, mask); }, leaves_of(classifier),
-                   kModules);
+  expect_gradcheck([&] { return classifier.forward(ids, mask); }, leaves_of(classifier), kModules);
   nn::BertForMaskedLM mlm(tiny_bert(), gen);
   mlm.to(DType::f64);
   const Tensor positions = Tensor::from_values({1, 6}, {2}, DType::i64);

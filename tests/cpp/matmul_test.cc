@@ -295,7 +295,7 @@ TEST(Matmul, ValidationErrorsNameTheValues) {
   expect_error([&] { matmul(Tensor::zeros({2, 3}), Tensor::zeros({3, 2}, DType::bf16)); },
                {"matmul", "f32", "bf16"});
   expect_error([&] { matmul(Tensor::zeros({2, 3}, DType::f16), Tensor::zeros({3, 2}, DType::f16)); },
-               {"matmul", "argument a", "f16", "supported are f32 and bf16"});
+               {"matmul", "argument a", "f16", "supported are f32, bf16 and f64"});
   expect_error([&] { matmul(Tensor::zeros({2, 3}), Tensor::zeros({3, 2}, DType::i32)); },
                {"matmul", "argument b", "i32"});
   // Batch dims that alternate between broadcast and not cannot be merged:

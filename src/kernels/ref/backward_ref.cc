@@ -7,10 +7,10 @@
 namespace qkv::kernels::ref {
 namespace {
 
-template <class F>
-void MapGrad(const float* grad, const float* x, float* out, size_t n, F derivative) {
+template <class T, class F>
+void MapGrad(const T* grad, const T* x, T* out, size_t n, F derivative) {
   for (size_t i = 0; i < n; ++i)
-    out[i] = static_cast<float>(double{grad[i]} * derivative(static_cast<double>(x[i])));
+    out[i] = static_cast<T>(static_cast<double>(grad[i]) * derivative(static_cast<double>(x[i])));
 }
 
 // sigmoid(z) and 1 - sigmoid(z) without overflow or cancellation (as SigmoidPair).
@@ -23,11 +23,13 @@ void Sigmoids(double z, double& s, double& one_minus_s) {
 
 }  // namespace
 
-void ReluBackward(const float* grad, const float* x, float* out, size_t n) {
-  for (size_t i = 0; i < n; ++i) out[i] = x[i] <= 0 ? 0.0f : grad[i];
+template <class T>
+void ReluBackward(const T* grad, const T* x, T* out, size_t n) {
+  for (size_t i = 0; i < n; ++i) out[i] = x[i] <= 0 ? T(0) : grad[i];
 }
 
-void SiluBackward(const float* grad, const float* x, float* out, size_t n) {
+template <class T>
+void SiluBackward(const T* grad, const T* x, T* out, size_t n) {
   MapGrad(grad, x, out, n, [](double v) {
     double s, s1;
     Sigmoids(v, s, s1);
@@ -35,7 +37,8 @@ void SiluBackward(const float* grad, const float* x, float* out, size_t n) {
   });
 }
 
-void GeluErfBackward(const float* grad, const float* x, float* out, size_t n) {
+template <class T>
+void GeluErfBackward(const T* grad, const T* x, T* out, size_t n) {
   MapGrad(grad, x, out, n, [](double v) {
     const double cdf = 0.5 * std::erfc(-v * M_SQRT1_2);
     const double pdf = std::exp(-0.5 * v * v) * (0.5 * M_2_SQRTPI * M_SQRT1_2);
@@ -43,7 +46,8 @@ void GeluErfBackward(const float* grad, const float* x, float* out, size_t n) {
   });
 }
 
-void GeluTanhBackward(const float* grad, const float* x, float* out, size_t n) {
+template <class T>
+void GeluTanhBackward(const T* grad, const T* x, T* out, size_t n) {
   MapGrad(grad, x, out, n, [](double v) {
     if (std::isnan(v)) return v;
     const double k = 2.0 * std::sqrt(2.0 / M_PI);
@@ -55,21 +59,24 @@ void GeluTanhBackward(const float* grad, const float* x, float* out, size_t n) {
   });
 }
 
-void SoftmaxBackward(const float* grad, const float* y, float* out, size_t n) {
+template <class T>
+void SoftmaxBackward(const T* grad, const T* y, T* out, size_t n) {
   double dot = 0.0;
-  for (size_t i = 0; i < n; ++i) dot += double{grad[i]} * y[i];
-  for (size_t i = 0; i < n; ++i) out[i] = static_cast<float>(y[i] * (grad[i] - dot));
+  for (size_t i = 0; i < n; ++i) dot += static_cast<double>(grad[i]) * y[i];
+  for (size_t i = 0; i < n; ++i) out[i] = static_cast<T>(y[i] * (grad[i] - dot));
 }
 
-void LogSoftmaxBackward(const float* grad, const float* y, float* out, size_t n) {
+template <class T>
+void LogSoftmaxBackward(const T* grad, const T* y, T* out, size_t n) {
   double sum = 0.0;
   for (size_t i = 0; i < n; ++i) sum += grad[i];
   for (size_t i = 0; i < n; ++i)
-    out[i] = static_cast<float>(grad[i] - std::exp(double{y[i]}) * sum);
+    out[i] = static_cast<T>(grad[i] - std::exp(static_cast<double>(y[i])) * sum);
 }
 
-void LayerNormBackward(const float* grad, const float* x, const float* weight, double eps,
-                       float* dx, float* dweight, float* dbias, size_t n) {
+template <class T>
+void LayerNormBackward(const T* grad, const T* x, const T* weight, double eps, T* dx, T* dweight,
+                       T* dbias, size_t n) {
   if (n == 0) return;
   const double fn = static_cast<double>(n);
   double mean = 0.0;
@@ -82,32 +89,60 @@ void LayerNormBackward(const float* grad, const float* x, const float* weight, d
   double mean_gw = 0.0, mean_gw_xhat = 0.0;
   for (size_t i = 0; i < n; ++i) {
     xhat[i] = (x[i] - mean) * rstd;
-    gw[i] = double{grad[i]} * (weight ? double{weight[i]} : 1.0);
+    gw[i] = static_cast<double>(grad[i]) * (weight ? static_cast<double>(weight[i]) : 1.0);
     mean_gw += gw[i] / fn;
     mean_gw_xhat += gw[i] * xhat[i] / fn;
   }
   for (size_t i = 0; i < n; ++i) {
-    dx[i] = static_cast<float>(rstd * (gw[i] - mean_gw - xhat[i] * mean_gw_xhat));
-    if (dweight) dweight[i] = static_cast<float>(dweight[i] + grad[i] * xhat[i]);
-    if (dbias) dbias[i] = static_cast<float>(double{dbias[i]} + grad[i]);
+    dx[i] = static_cast<T>(rstd * (gw[i] - mean_gw - xhat[i] * mean_gw_xhat));
+    if (dweight) dweight[i] = static_cast<T>(dweight[i] + grad[i] * xhat[i]);
+    if (dbias) dbias[i] = static_cast<T>(static_cast<double>(dbias[i]) + grad[i]);
   }
 }
 
-void RmsNormBackward(const float* grad, const float* x, const float* weight, double eps, float* dx,
-                     float* dweight, size_t n) {
+template <class T>
+void RmsNormBackward(const T* grad, const T* x, const T* weight, double eps, T* dx, T* dweight,
+                     size_t n) {
   if (n == 0) return;
   const double fn = static_cast<double>(n);
   double mean_square = 0.0, mean_gwx = 0.0;
   for (size_t i = 0; i < n; ++i) {
-    mean_square += double{x[i]} * x[i] / fn;
-    mean_gwx += double{grad[i]} * (weight ? double{weight[i]} : 1.0) * x[i] / fn;
+    mean_square += static_cast<double>(x[i]) * x[i] / fn;
+    mean_gwx +=
+        static_cast<double>(grad[i]) * (weight ? static_cast<double>(weight[i]) : 1.0) * x[i] / fn;
   }
   const double r = 1.0 / std::sqrt(mean_square + eps);
   for (size_t i = 0; i < n; ++i) {
-    const double gw = double{grad[i]} * (weight ? double{weight[i]} : 1.0);
-    dx[i] = static_cast<float>(r * gw - x[i] * r * r * r * mean_gwx);
-    if (dweight) dweight[i] = static_cast<float>(dweight[i] + grad[i] * x[i] * r);
+    const double gw =
+        static_cast<double>(grad[i]) * (weight ? static_cast<double>(weight[i]) : 1.0);
+    dx[i] = static_cast<T>(r * gw - x[i] * r * r * r * mean_gwx);
+    if (dweight) dweight[i] = static_cast<T>(dweight[i] + grad[i] * x[i] * r);
   }
 }
+
+// f32: the SIMD kernels' oracle; f64: the ops' double path (gradcheck).
+template void ReluBackward<float>(const float* grad, const float* x, float* out, size_t n);
+template void SiluBackward<float>(const float* grad, const float* x, float* out, size_t n);
+template void GeluErfBackward<float>(const float* grad, const float* x, float* out, size_t n);
+template void GeluTanhBackward<float>(const float* grad, const float* x, float* out, size_t n);
+template void SoftmaxBackward<float>(const float* grad, const float* y, float* out, size_t n);
+template void LogSoftmaxBackward<float>(const float* grad, const float* y, float* out, size_t n);
+template void LayerNormBackward<float>(const float* grad, const float* x, const float* weight,
+                                       double eps, float* dx, float* dweight, float* dbias,
+                                       size_t n);
+template void RmsNormBackward<float>(const float* grad, const float* x, const float* weight,
+                                     double eps, float* dx, float* dweight, size_t n);
+template void ReluBackward<double>(const double* grad, const double* x, double* out, size_t n);
+template void SiluBackward<double>(const double* grad, const double* x, double* out, size_t n);
+template void GeluErfBackward<double>(const double* grad, const double* x, double* out, size_t n);
+template void GeluTanhBackward<double>(const double* grad, const double* x, double* out, size_t n);
+template void SoftmaxBackward<double>(const double* grad, const double* y, double* out, size_t n);
+template void LogSoftmaxBackward<double>(const double* grad, const double* y, double* out,
+                                         size_t n);
+template void LayerNormBackward<double>(const double* grad, const double* x, const double* weight,
+                                        double eps, double* dx, double* dweight, double* dbias,
+                                        size_t n);
+template void RmsNormBackward<double>(const double* grad, const double* x, const double* weight,
+                                      double eps, double* dx, double* dweight, size_t n);
 
 }  // namespace qkv::kernels::ref

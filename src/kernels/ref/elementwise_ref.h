@@ -1,40 +1,62 @@
 // Scalar twins of the kernels in kernels/cpu/elementwise.h: the oracles the
 // SIMD kernels are tested against. Same contracts and signatures; every
 // intermediate (sums, moments, transcendental functions) is a double, and
-// only the stored results are rounded to f32. Slow by design.
+// only the stored results are rounded to T. Slow by design. Instantiated for
+// float (the oracles) and double (the ops' f64 path, which gradcheck uses).
 #pragma once
 
 #include <cstddef>
 
 namespace qkv::kernels::ref {
 
-void Add(const float* a, const float* b, float* out, size_t n);
-void Sub(const float* a, const float* b, float* out, size_t n);
-void Mul(const float* a, const float* b, float* out, size_t n);
-void Div(const float* a, const float* b, float* out, size_t n);
-void AddScalar(const float* x, float addend, float* out, size_t n);
-void Scale(const float* x, float factor, float* out, size_t n);
-void DivScalar(const float* x, float divisor, float* out, size_t n);
-void ScalarMinus(const float* x, float value, float* out, size_t n);
-void ScalarOver(const float* x, float value, float* out, size_t n);
+template <class T>
+void Add(const T* a, const T* b, T* out, size_t n);
+template <class T>
+void Sub(const T* a, const T* b, T* out, size_t n);
+template <class T>
+void Mul(const T* a, const T* b, T* out, size_t n);
+template <class T>
+void Div(const T* a, const T* b, T* out, size_t n);
+template <class T>
+void AddScalar(const T* x, T addend, T* out, size_t n);
+template <class T>
+void Scale(const T* x, T factor, T* out, size_t n);
+template <class T>
+void DivScalar(const T* x, T divisor, T* out, size_t n);
+template <class T>
+void ScalarMinus(const T* x, T value, T* out, size_t n);
+template <class T>
+void ScalarOver(const T* x, T value, T* out, size_t n);
 
-void Relu(const float* x, float* out, size_t n);
+template <class T>
+void Relu(const T* x, T* out, size_t n);
 
-void Exp(const float* x, float* out, size_t n);
-void Silu(const float* x, float* out, size_t n);
-void GeluErf(const float* x, float* out, size_t n);
-void GeluTanh(const float* x, float* out, size_t n);
+template <class T>
+void Exp(const T* x, T* out, size_t n);
+template <class T>
+void Silu(const T* x, T* out, size_t n);
+template <class T>
+void GeluErf(const T* x, T* out, size_t n);
+template <class T>
+void GeluTanh(const T* x, T* out, size_t n);
 
-void Softmax(const float* x, float* out, size_t n);
-void LogSoftmax(const float* x, float* out, size_t n);
-float LogSumExp(const float* x, size_t n);
+template <class T>
+void Softmax(const T* x, T* out, size_t n);
+template <class T>
+void LogSoftmax(const T* x, T* out, size_t n);
+template <class T>
+T LogSumExp(const T* x, size_t n);
 
-void LayerNorm(const float* x, const float* weight, const float* bias, float eps, float* out,
-               size_t n);
-void RmsNorm(const float* x, const float* weight, float eps, float* out, size_t n);
+template <class T>
+void LayerNorm(const T* x, const T* weight, const T* bias, T eps, T* out, size_t n);
+template <class T>
+void RmsNorm(const T* x, const T* weight, T eps, T* out, size_t n);
 
-float Sum(const float* x, size_t n);
-float Mean(const float* x, size_t n);
-float Max(const float* x, size_t n);
+template <class T>
+T Sum(const T* x, size_t n);
+template <class T>
+T Mean(const T* x, size_t n);
+template <class T>
+T Max(const T* x, size_t n);
 
 }  // namespace qkv::kernels::ref
