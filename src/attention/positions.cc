@@ -79,8 +79,10 @@ ScoreModPtr alibi_score(std::vector<float> slopes, int64_t query_offset) {
 
 namespace {
 
-// Rotates every (i, partner) pair of every row of x by +-angle(pos, i).
-Tensor rotate(const Tensor& x, const RotaryOptions& o, double sign, const char* op) {
+// Rotates every (i, partner) pair of every row of x by +-angle(pos, i), in
+// f32, or in f64 (T = double) for an f64 x.
+template <class T>
+Tensor rotate_as(const Tensor& x, const RotaryOptions& o, double sign, const char* op) {
   QKV_CHECK(x.defined() && x.dim() == 4, op, ": argument x must be 4-D, got ",
             x.defined() ? shape_string(x.shape()) : "undefined");
   QKV_CHECK(is_floating(x.dtype()), op, ": argument x has dtype ", dtype_name(x.dtype()),
@@ -91,36 +93,41 @@ Tensor rotate(const Tensor& x, const RotaryOptions& o, double sign, const char* 
   QKV_CHECK(rd > 0 && rd <= d && rd % 2 == 0, op, ": rotary_dim ", rd, " must be even and <= ", d);
   QKV_CHECK(o.base > 0 && o.scaling > 0, op, ": base ", o.base, " and scaling ", o.scaling,
             " must be positive");
-  const Tensor in = bhld.to(DType::f32).contiguous();
+  const Tensor in = bhld.to(dtype_of<T>::value).contiguous();
   Tensor out = in.clone();
   const int64_t half = rd / 2, rows = bhld.size(0) * bhld.size(1);
   // cos / sin per (position, pair), computed once in double.
-  std::vector<float> cs(static_cast<size_t>(len * half)), sn(cs.size());
+  std::vector<T> cs(static_cast<size_t>(len * half)), sn(cs.size());
   for (int64_t p = 0; p < len; ++p)
     for (int64_t i = 0; i < half; ++i) {
       const double pos = (p + o.offset) / o.scaling;
       const double angle = pos * std::pow(o.base, -2.0 * i / rd);
-      cs[p * half + i] = static_cast<float>(std::cos(angle));
-      sn[p * half + i] = static_cast<float>(sign * std::sin(angle));
+      cs[p * half + i] = static_cast<T>(std::cos(angle));
+      sn[p * half + i] = static_cast<T>(sign * std::sin(angle));
     }
-  const float* src = in.data<float>();
-  float* dst = out.data<float>();
+  const T* src = in.data<T>();
+  T* dst = out.data<T>();
   detail::parallel_for(0, rows * len, 256, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       const int64_t p = r % len;
-      const float* a = src + r * d;
-      float* y = dst + r * d;
+      const T* a = src + r * d;
+      T* y = dst + r * d;
       for (int64_t i = 0; i < half; ++i) {
         // rotate_half pairs (i, i + half); interleaved pairs (2i, 2i + 1).
         const int64_t j0 = o.style == RotaryStyle::rotate_half ? i : 2 * i;
         const int64_t j1 = o.style == RotaryStyle::rotate_half ? i + half : 2 * i + 1;
-        const float c = cs[p * half + i], s = sn[p * half + i];
+        const T c = cs[p * half + i], s = sn[p * half + i];
         y[j0] = a[j0] * c - a[j1] * s;
         y[j1] = a[j1] * c + a[j0] * s;
       }
     }
   });
   return o.layout == AttentionLayout::bhld ? out : out.permute({0, 2, 1, 3}).contiguous();
+}
+
+Tensor rotate(const Tensor& x, const RotaryOptions& o, double sign, const char* op) {
+  if (x.defined() && x.dtype() == DType::f64) return rotate_as<double>(x, o, sign, op);
+  return rotate_as<float>(x, o, sign, op);
 }
 
 }  // namespace

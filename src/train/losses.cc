@@ -3,15 +3,19 @@
 // reductions add them in fixed blocks (independent of the thread count), so
 // results are deterministic. Rows of class scores go through the
 // max-subtracted LogSoftmax / Softmax kernels of kernels/cpu/elementwise.h.
+// With an f64 input everything is f64 instead (T = double below: the
+// reference kernels of kernels/ref, for gradcheck), results and gradients too.
 #include "qkv/losses.h"
 
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "core/parallel.h"
 #include "kernels/cpu/elementwise.h"
+#include "kernels/ref/elementwise_ref.h"
 
 namespace qkv {
 namespace {
@@ -23,7 +27,11 @@ void check_float(const Tensor& t, const char* op, const char* arg) {
   QKV_CHECK(t.device().type == DeviceType::cpu, op, ": argument ", arg, " is on ",
             to_string(t.device()), "; only cpu tensors are supported");
   QKV_CHECK(is_floating(t.dtype()), op, ": argument ", arg, " has dtype ", dtype_name(t.dtype()),
-            "; expected a floating dtype (f32, bf16 or f16)");
+            "; expected a floating dtype (f32, f64, bf16 or f16)");
+}
+
+bool any_f64(const Tensor& a, const Tensor& b = Tensor()) {
+  return a.dtype() == DType::f64 || (b.defined() && b.dtype() == DType::f64);
 }
 
 void check_same_shape(const Tensor& a, const Tensor& b, const char* op, const char* name_a,
@@ -32,8 +40,25 @@ void check_same_shape(const Tensor& a, const Tensor& b, const char* op, const ch
             " but ", name_b, " has shape ", shape_string(b.shape()), "; expected the same shape");
 }
 
-Tensor contiguous_f32(const Tensor& x) {
-  return x.to(DType::f32).contiguous();
+template <class T>
+Tensor contiguous_as(const Tensor& x) {
+  return x.to(dtype_of<T>::value).contiguous();
+}
+
+// Row kernels: the SIMD ones for float, the reference ones for double.
+template <class T>
+void log_softmax_row(const T* x, T* out, size_t n) {
+  if constexpr (std::is_same_v<T, double>)
+    kernels::ref::LogSoftmax<double>(x, out, n);
+  else
+    kernels::LogSoftmax(x, out, n);
+}
+template <class T>
+void softmax_row(const T* x, T* out, size_t n) {
+  if constexpr (std::is_same_v<T, double>)
+    kernels::ref::Softmax<double>(x, out, n);
+  else
+    kernels::Softmax(x, out, n);
 }
 
 // Work per item, for grains and reduction blocks: `cost` floats per item.
@@ -44,15 +69,15 @@ int64_t items_per_block(int64_t cost) {
 // The loss tensor from per-item losses loss(i), i in [0, numel(loss_shape)):
 // the items themselves (reduction none, shape `loss_shape`) or their sum
 // divided by `divisor`, added in double over fixed blocks of `block` items.
-template <class ItemLoss>
+template <class T, class ItemLoss>
 Tensor reduce_loss(const Shape& loss_shape, Reduction reduction, double divisor, int64_t block,
                    ItemLoss loss) {
   const int64_t n = shape_numel(loss_shape);
   if (reduction == Reduction::none) {
-    Tensor out = Tensor::empty(loss_shape, DType::f32);
-    float* o = out.data<float>();
+    Tensor out = Tensor::empty(loss_shape, dtype_of<T>::value);
+    T* o = out.data<T>();
     detail::parallel_for(0, n, block, [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) o[i] = static_cast<float>(loss(i));
+      for (int64_t i = begin; i < end; ++i) o[i] = static_cast<T>(loss(i));
     });
     return out;
   }
@@ -67,11 +92,13 @@ Tensor reduce_loss(const Shape& loss_shape, Reduction reduction, double divisor,
   });
   double total = 0.0;
   for (double p : partial) total += p;
-  return Tensor::full({}, reduction == Reduction::sum ? total : total / divisor, DType::f32);
+  return Tensor::full({}, reduction == Reduction::sum ? total : total / divisor,
+                      dtype_of<T>::value);
 }
 
 // The upstream gradient of each item of the loss: grad_output's one value
 // over `divisor` for the reductions, or its element i for reduction none.
+template <class T>
 class Upstream {
  public:
   Upstream(const Tensor& grad_output, const Shape& loss_shape, Reduction reduction, double divisor,
@@ -81,8 +108,8 @@ class Upstream {
       QKV_CHECK(grad_output.shape() == loss_shape, op, ": grad_output has shape ",
                 shape_string(grad_output.shape()), "; expected the loss's shape ",
                 shape_string(loss_shape), " for reduction none");
-      values_ = contiguous_f32(grad_output);
-      data_ = values_.data<float>();
+      values_ = contiguous_as<T>(grad_output);
+      data_ = values_.data<T>();
       return;
     }
     QKV_CHECK(grad_output.numel() == 1, op, ": grad_output has shape ",
@@ -95,7 +122,7 @@ class Upstream {
 
  private:
   Tensor values_;
-  const float* data_ = nullptr;
+  const T* data_ = nullptr;
   double scalar_ = 0.0;
 };
 
@@ -113,22 +140,24 @@ void check_reduction(Reduction reduction, bool batchmean_allowed, const char* op
             ": reduction batchmean is only defined for the KL divergences; use mean, sum or none");
 }
 
-// Element-wise gradient: out[i] = grad(i) over [0, numel(like)), in like's dtype.
-template <class ItemGrad>
+// Element-wise gradient: out[i] = grad(i) over [0, numel(like)), in like's
+// dtype (f64 when T is double).
+template <class T, class ItemGrad>
 Tensor elementwise_grad(const Tensor& like, ItemGrad grad) {
-  Tensor out = Tensor::empty(like.shape(), DType::f32);
-  float* o = out.data<float>();
+  Tensor out = Tensor::empty(like.shape(), dtype_of<T>::value);
+  T* o = out.data<T>();
   detail::parallel_for(0, out.numel(), kGrainElements, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) o[i] = static_cast<float>(grad(i));
+    for (int64_t i = begin; i < end; ++i) o[i] = static_cast<T>(grad(i));
   });
-  return out.to(like.dtype()).contiguous();
+  return std::is_same_v<T, double> ? out : out.to(like.dtype()).contiguous();
 }
 
 // ---- cross-entropy -------------------------------------------------------------
 
 // Logits as [outer, C, inner] rows of classes, and the targets beside them.
+template <class T>
 struct ClassRows {
-  Tensor logits;   // contiguous f32
+  Tensor logits;   // contiguous T
   Tensor targets;  // contiguous i64, [outer * inner]
   Shape loss_shape;
   int64_t outer = 1, classes = 1, inner = 1;
@@ -138,8 +167,8 @@ struct ClassRows {
 
   // The class scores of `row` (= o * inner + j): a pointer into the logits
   // when inner == 1, else gathered into `buffer`.
-  const float* row_scores(int64_t row, std::vector<float>& buffer) const {
-    const float* base = logits.data<float>();
+  const T* row_scores(int64_t row, std::vector<T>& buffer) const {
+    const T* base = logits.template data<T>();
     if (inner == 1) return base + row * classes;
     const int64_t o = row / inner, j = row % inner;
     buffer.resize(static_cast<size_t>(classes));
@@ -149,8 +178,9 @@ struct ClassRows {
   }
 };
 
-ClassRows class_rows(const Tensor& logits, const Tensor& targets,
-                     const CrossEntropyOptions& options, const char* op) {
+template <class T>
+ClassRows<T> class_rows(const Tensor& logits, const Tensor& targets,
+                        const CrossEntropyOptions& options, const char* op) {
   check_float(logits, op, "logits");
   QKV_CHECK(targets.defined(), op, ": argument targets is an undefined tensor");
   QKV_CHECK(targets.dtype() == DType::i64 || targets.dtype() == DType::i32, op,
@@ -161,7 +191,7 @@ ClassRows class_rows(const Tensor& logits, const Tensor& targets,
             ": label_smoothing is ", options.label_smoothing, "; expected a value in [0, 1]");
   QKV_CHECK(logits.dim() >= 1, op,
             ": logits are a scalar (shape []); expected [C], [N, C] or [N, C, d1, ...]");
-  ClassRows r;
+  ClassRows<T> r;
   Shape expected;  // the targets' shape: logits' without the class dim
   if (logits.dim() == 1) {
     r.classes = logits.size(0);
@@ -179,12 +209,12 @@ ClassRows class_rows(const Tensor& logits, const Tensor& targets,
             shape_string(expected));
   QKV_CHECK(r.classes > 0 || targets.numel() == 0, op, ": logits of shape ",
             shape_string(logits.shape()), " have no classes (C = 0)");
-  r.logits = contiguous_f32(logits);
+  r.logits = contiguous_as<T>(logits);
   r.targets = targets.to(DType::i64).contiguous();
   r.loss_shape = expected;
   r.smoothing = options.label_smoothing;
   r.ignore_index = options.ignore_index;
-  const int64_t* t = r.targets.data<int64_t>();
+  const int64_t* t = r.targets.template data<int64_t>();
   for (int64_t i = 0; i < r.targets.numel(); ++i) {
     if (t[i] == options.ignore_index) continue;
     QKV_CHECK(t[i] >= 0 && t[i] < r.classes, op, ": target ", t[i], " at flat index ", i,
@@ -207,56 +237,75 @@ const char* reduction_name(Reduction reduction) {
   return "unknown";
 }
 
-Tensor cross_entropy(const Tensor& logits, const Tensor& targets,
-                     const CrossEntropyOptions& options) {
-  const ClassRows r = class_rows(logits, targets, options, "cross_entropy");
+namespace {
+
+template <class T>
+Tensor cross_entropy_as(const Tensor& logits, const Tensor& targets,
+                        const CrossEntropyOptions& options) {
+  const ClassRows<T> r = class_rows<T>(logits, targets, options, "cross_entropy");
   const int64_t c = r.classes;
   const double eps = r.smoothing;
-  const int64_t* t = r.targets.data<int64_t>();
-  return reduce_loss(r.loss_shape, options.reduction, static_cast<double>(r.counted),
-                     items_per_block(c), [&](int64_t row) {
+  const int64_t* t = r.targets.template data<int64_t>();
+  return reduce_loss<T>(r.loss_shape, options.reduction, static_cast<double>(r.counted),
+                        items_per_block(c), [&](int64_t row) {
                        if (t[row] == r.ignore_index) return 0.0;
-                       thread_local std::vector<float> scores, logp;
-                       const float* x = r.row_scores(row, scores);
+                       thread_local std::vector<T> scores, logp;
+                       const T* x = r.row_scores(row, scores);
                        logp.resize(static_cast<size_t>(c));
-                       kernels::LogSoftmax(x, logp.data(), static_cast<size_t>(c));
+                       log_softmax_row<T>(x, logp.data(), static_cast<size_t>(c));
                        const double nll = -static_cast<double>(logp[static_cast<size_t>(t[row])]);
                        // torch only takes the smoothing term when eps > 0, so a
                        // -inf logit does not turn 0 * inf into NaN without it.
                        if (eps == 0.0) return nll;
                        double smooth = 0.0;
-                       for (float v : logp) smooth -= v;
+                       for (T v : logp) smooth -= v;
                        return (1.0 - eps) * nll + eps / static_cast<double>(c) * smooth;
                      });
 }
 
-Tensor cross_entropy_backward(const Tensor& grad_output, const Tensor& logits,
-                              const Tensor& targets, const CrossEntropyOptions& options) {
+template <class T>
+Tensor cross_entropy_backward_as(const Tensor& grad_output, const Tensor& logits,
+                                 const Tensor& targets, const CrossEntropyOptions& options) {
   const char* op = "cross_entropy_backward";
-  const ClassRows r = class_rows(logits, targets, options, op);
-  const Upstream g(grad_output, r.loss_shape, options.reduction, static_cast<double>(r.counted),
+  const ClassRows<T> r = class_rows<T>(logits, targets, options, op);
+  const Upstream<T> g(grad_output, r.loss_shape, options.reduction, static_cast<double>(r.counted),
                    op);
   const int64_t c = r.classes, inner = r.inner;
   const double eps = r.smoothing;
   const double off = eps / static_cast<double>(std::max<int64_t>(c, 1));
-  const int64_t* t = r.targets.data<int64_t>();
-  Tensor out = Tensor::zeros(logits.shape(), DType::f32);
-  float* o = out.data<float>();
+  const int64_t* t = r.targets.template data<int64_t>();
+  Tensor out = Tensor::zeros(logits.shape(), dtype_of<T>::value);
+  T* o = out.data<T>();
   detail::parallel_for(0, r.outer * inner, items_per_block(c), [&](int64_t begin, int64_t end) {
-    std::vector<float> scores, p(static_cast<size_t>(c));
+    std::vector<T> scores, p(static_cast<size_t>(c));
     for (int64_t row = begin; row < end; ++row) {
       if (t[row] == r.ignore_index) continue;
-      kernels::Softmax(r.row_scores(row, scores), p.data(), static_cast<size_t>(c));
+      softmax_row<T>(r.row_scores(row, scores), p.data(), static_cast<size_t>(c));
       const double gi = g(row);
-      float* dst = o + (row / inner * c) * inner + row % inner;
+      T* dst = o + (row / inner * c) * inner + row % inner;
       for (int64_t k = 0; k < c; ++k) {
         const double onehot = k == t[row] ? 1.0 - eps : 0.0;
-        dst[k * inner] = static_cast<float>(
-            gi * (static_cast<double>(p[static_cast<size_t>(k)]) - off - onehot));
+        dst[k * inner] =
+            static_cast<T>(gi * (static_cast<double>(p[static_cast<size_t>(k)]) - off - onehot));
       }
     }
   });
-  return out.to(logits.dtype()).contiguous();
+  return std::is_same_v<T, double> ? out : out.to(logits.dtype()).contiguous();
+}
+
+}  // namespace
+
+Tensor cross_entropy(const Tensor& logits, const Tensor& targets,
+                     const CrossEntropyOptions& options) {
+  if (logits.defined() && any_f64(logits)) return cross_entropy_as<double>(logits, targets, options);
+  return cross_entropy_as<float>(logits, targets, options);
+}
+
+Tensor cross_entropy_backward(const Tensor& grad_output, const Tensor& logits,
+                              const Tensor& targets, const CrossEntropyOptions& options) {
+  if (logits.defined() && any_f64(logits))
+    return cross_entropy_backward_as<double>(grad_output, logits, targets, options);
+  return cross_entropy_backward_as<float>(grad_output, logits, targets, options);
 }
 
 // ---- mse ---------------------------------------------------------------------
@@ -267,14 +316,17 @@ Tensor mse_loss(const Tensor& input, const Tensor& target, Reduction reduction) 
   check_float(target, op, "target");
   check_same_shape(input, target, op, "input", "target");
   check_reduction(reduction, false, op);
-  const Tensor x = contiguous_f32(input), y = contiguous_f32(target);
-  const float* px = x.data<float>();
-  const float* py = y.data<float>();
-  return reduce_loss(input.shape(), reduction, element_divisor(input, reduction), kGrainElements,
-                     [&](int64_t i) {
-                       const double d = static_cast<double>(px[i]) - static_cast<double>(py[i]);
-                       return d * d;
-                     });
+  const auto loss = [&]<class T>() {
+    const Tensor x = contiguous_as<T>(input), y = contiguous_as<T>(target);
+    const T* px = x.template data<T>();
+    const T* py = y.template data<T>();
+    return reduce_loss<T>(input.shape(), reduction, element_divisor(input, reduction),
+                          kGrainElements, [&](int64_t i) {
+                            const double d = static_cast<double>(px[i]) - static_cast<double>(py[i]);
+                            return d * d;
+                          });
+  };
+  return any_f64(input, target) ? loss.operator()<double>() : loss.operator()<float>();
 }
 
 Tensor mse_loss_backward(const Tensor& grad_output, const Tensor& input, const Tensor& target,
@@ -284,13 +336,17 @@ Tensor mse_loss_backward(const Tensor& grad_output, const Tensor& input, const T
   check_float(target, op, "target");
   check_same_shape(input, target, op, "input", "target");
   check_reduction(reduction, false, op);
-  const Upstream g(grad_output, input.shape(), reduction, element_divisor(input, reduction), op);
-  const Tensor x = contiguous_f32(input), y = contiguous_f32(target);
-  const float* px = x.data<float>();
-  const float* py = y.data<float>();
-  return elementwise_grad(input, [&](int64_t i) {
-    return 2.0 * (static_cast<double>(px[i]) - static_cast<double>(py[i])) * g(i);
-  });
+  const auto gradient = [&]<class T>() {
+    const Upstream<T> g(grad_output, input.shape(), reduction, element_divisor(input, reduction),
+                        op);
+    const Tensor x = contiguous_as<T>(input), y = contiguous_as<T>(target);
+    const T* px = x.template data<T>();
+    const T* py = y.template data<T>();
+    return elementwise_grad<T>(input, [&](int64_t i) {
+      return 2.0 * (static_cast<double>(px[i]) - static_cast<double>(py[i])) * g(i);
+    });
+  };
+  return any_f64(input, target) ? gradient.operator()<double>() : gradient.operator()<float>();
 }
 
 // ---- KL divergence -----------------------------------------------------------------
@@ -315,24 +371,32 @@ void check_kl(const Tensor& input, const Tensor& target, Reduction reduction, co
 
 Tensor kl_div(const Tensor& input, const Tensor& target, Reduction reduction, bool log_target) {
   check_kl(input, target, reduction, "kl_div");
-  const Tensor x = contiguous_f32(input), y = contiguous_f32(target);
-  const float* px = x.data<float>();
-  const float* py = y.data<float>();
-  return reduce_loss(input.shape(), reduction, element_divisor(input, reduction), kGrainElements,
-                     [&](int64_t i) { return kl_element(px[i], py[i], log_target); });
+  const auto loss = [&]<class T>() {
+    const Tensor x = contiguous_as<T>(input), y = contiguous_as<T>(target);
+    const T* px = x.template data<T>();
+    const T* py = y.template data<T>();
+    return reduce_loss<T>(input.shape(), reduction, element_divisor(input, reduction),
+                          kGrainElements,
+                          [&](int64_t i) { return kl_element(px[i], py[i], log_target); });
+  };
+  return any_f64(input, target) ? loss.operator()<double>() : loss.operator()<float>();
 }
 
 Tensor kl_div_backward(const Tensor& grad_output, const Tensor& input, const Tensor& target,
                        Reduction reduction, bool log_target) {
   const char* op = "kl_div_backward";
   check_kl(input, target, reduction, op);
-  const Upstream g(grad_output, input.shape(), reduction, element_divisor(input, reduction), op);
-  const Tensor y = contiguous_f32(target);
-  const float* py = y.data<float>();
-  return elementwise_grad(input, [&](int64_t i) {
-    const double t = py[i];
-    return -(log_target ? std::exp(t) : t) * g(i);
-  });
+  const auto gradient = [&]<class T>() {
+    const Upstream<T> g(grad_output, input.shape(), reduction, element_divisor(input, reduction),
+                        op);
+    const Tensor y = contiguous_as<T>(target);
+    const T* py = y.template data<T>();
+    return elementwise_grad<T>(input, [&](int64_t i) {
+      const double t = py[i];
+      return -(log_target ? std::exp(t) : t) * g(i);
+    });
+  };
+  return any_f64(input, target) ? gradient.operator()<double>() : gradient.operator()<float>();
 }
 
 // ---- distillation ------------------------------------------------------------------
@@ -342,10 +406,11 @@ namespace {
 // Student and teacher rows over the last dim, each divided by T in f32 (as
 // torch's `logits / T`) and turned into log-probabilities.
 struct DistillationRows {
-  Tensor student, teacher;  // contiguous f32 log_softmax(x / T), [rows, n]
+  Tensor student, teacher;  // contiguous f32 (f64) log_softmax(x / T), [rows, n]
   int64_t rows = 0, n = 0;
 };
 
+template <class E>
 DistillationRows distillation_rows(const Tensor& student_logits, const Tensor& teacher_logits,
                                    double temperature, Reduction reduction, const char* op) {
   check_float(student_logits, op, "student_logits");
@@ -359,16 +424,16 @@ DistillationRows distillation_rows(const Tensor& student_logits, const Tensor& t
   DistillationRows r;
   r.n = student_logits.size(-1);
   r.rows = r.n == 0 ? 0 : student_logits.numel() / r.n;
-  const float t = static_cast<float>(temperature);
+  const E t = static_cast<E>(temperature);
   const auto log_probs = [&](const Tensor& logits) {
-    Tensor out = contiguous_f32(logits).clone();
-    float* p = out.data<float>();
+    Tensor out = contiguous_as<E>(logits).clone();
+    E* p = out.data<E>();
     const int64_t n = r.n;
     detail::parallel_for(0, r.rows, items_per_block(n), [&](int64_t begin, int64_t end) {
       for (int64_t row = begin; row < end; ++row) {
-        float* x = p + row * n;
+        E* x = p + row * n;
         for (int64_t k = 0; k < n; ++k) x[k] /= t;
-        kernels::LogSoftmax(x, x, static_cast<size_t>(n));
+        log_softmax_row<E>(x, x, static_cast<size_t>(n));
       }
     });
     return out;
@@ -382,29 +447,35 @@ DistillationRows distillation_rows(const Tensor& student_logits, const Tensor& t
 
 Tensor kl_div_distillation(const Tensor& student_logits, const Tensor& teacher_logits,
                            double temperature, Reduction reduction) {
-  const DistillationRows r = distillation_rows(student_logits, teacher_logits, temperature,
-                                               reduction, "kl_div_distillation");
-  const float* ls = r.student.data<float>();
-  const float* lt = r.teacher.data<float>();
-  const double t2 = temperature * temperature;
-  return reduce_loss(student_logits.shape(), reduction, element_divisor(student_logits, reduction),
-                     kGrainElements,
-                     [&](int64_t i) { return t2 * kl_element(ls[i], lt[i], true); });
+  const auto loss = [&]<class E>() {
+    const DistillationRows r = distillation_rows<E>(student_logits, teacher_logits, temperature,
+                                                    reduction, "kl_div_distillation");
+    const E* ls = r.student.data<E>();
+    const E* lt = r.teacher.data<E>();
+    const double t2 = temperature * temperature;
+    return reduce_loss<E>(student_logits.shape(), reduction,
+                          element_divisor(student_logits, reduction), kGrainElements,
+                          [&](int64_t i) { return t2 * kl_element(ls[i], lt[i], true); });
+  };
+  return any_f64(student_logits, teacher_logits) ? loss.operator()<double>()
+                                                 : loss.operator()<float>();
 }
 
-Tensor kl_div_distillation_backward(const Tensor& grad_output, const Tensor& student_logits,
-                                    const Tensor& teacher_logits, double temperature,
-                                    Reduction reduction) {
-  const char* op = "kl_div_distillation_backward";
+namespace {
+
+template <class E>
+Tensor distillation_gradient(const Tensor& grad_output, const Tensor& student_logits,
+                             const Tensor& teacher_logits, double temperature,
+                             Reduction reduction, const char* op) {
   const DistillationRows r =
-      distillation_rows(student_logits, teacher_logits, temperature, reduction, op);
-  const Upstream g(grad_output, student_logits.shape(), reduction,
-                   element_divisor(student_logits, reduction), op);
-  const float* ls = r.student.data<float>();
-  const float* lt = r.teacher.data<float>();
+      distillation_rows<E>(student_logits, teacher_logits, temperature, reduction, op);
+  const Upstream<E> g(grad_output, student_logits.shape(), reduction,
+                      element_divisor(student_logits, reduction), op);
+  const E* ls = r.student.data<E>();
+  const E* lt = r.teacher.data<E>();
   const int64_t n = r.n;
-  Tensor out = Tensor::empty(student_logits.shape(), DType::f32);
-  float* o = out.data<float>();
+  Tensor out = Tensor::empty(student_logits.shape(), dtype_of<E>::value);
+  E* o = out.data<E>();
   detail::parallel_for(0, r.rows, items_per_block(n), [&](int64_t begin, int64_t end) {
     std::vector<double> w(static_cast<size_t>(n));
     for (int64_t row = begin; row < end; ++row) {
@@ -416,11 +487,27 @@ Tensor kl_div_distillation_backward(const Tensor& grad_output, const Tensor& stu
       }
       for (int64_t k = 0; k < n; ++k) {
         const double ps = std::exp(static_cast<double>(ls[base + k]));
-        o[base + k] = static_cast<float>(temperature * (ps * total - w[static_cast<size_t>(k)]));
+        o[base + k] = static_cast<E>(temperature * (ps * total - w[static_cast<size_t>(k)]));
       }
     }
   });
-  return out.to(student_logits.dtype()).contiguous();
+  return out;
 }
+
+}  // namespace
+
+Tensor kl_div_distillation_backward(const Tensor& grad_output, const Tensor& student_logits,
+                                    const Tensor& teacher_logits, double temperature,
+                                    Reduction reduction) {
+  const char* op = "kl_div_distillation_backward";
+  if (any_f64(student_logits, teacher_logits))
+    return distillation_gradient<double>(grad_output, student_logits, teacher_logits, temperature,
+                                         reduction, op);
+  return distillation_gradient<float>(grad_output, student_logits, teacher_logits, temperature,
+                                      reduction, op)
+      .to(student_logits.dtype())
+      .contiguous();
+}
+
 
 }  // namespace qkv
