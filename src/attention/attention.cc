@@ -92,6 +92,8 @@ void run_grouped_decode(const detail::AttentionPlan& plan, const AttentionResult
 AttentionResult attention(const Tensor& q, const Tensor& k, const Tensor& v,
                           const AttentionOptions& options) {
   const detail::AttentionPlan plan = detail::plan_attention(q, k, v, options, "attention");
+  // f64 (for checking) runs the oracle, in double throughout.
+  if (plan.q.dtype() == DType::f64) return attention_reference(q, k, v, options);
   // The weights are recomputed from the log-sum-exp, so they need it.
   AttentionResult result = plan.make_result(options.return_lse || !plan.weights_heads.empty());
   const int64_t tiles = (plan.lq + kernels::kAttentionRowTile - 1) / kernels::kAttentionRowTile;

@@ -128,6 +128,10 @@ AttentionGradients attention_backward_with(const Tensor& grad_output, const Tens
 AttentionGradients attention_backward(const Tensor& grad_output, const Tensor& q, const Tensor& k,
                                       const Tensor& v, const AttentionResult& forward,
                                       const AttentionOptions& options, bool mask_requires_grad) {
+  // f64 (for checking) runs the oracle, in double throughout; it recomputes
+  // what the forward saved.
+  if (q.dtype() == DType::f64 || k.dtype() == DType::f64 || v.dtype() == DType::f64)
+    return attention_backward_reference(grad_output, q, k, v, options, mask_requires_grad);
   return detail::attention_backward_with(grad_output, q, k, v, forward, options, mask_requires_grad,
                                          nullptr, "attention_backward");
 }

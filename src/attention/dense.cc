@@ -15,6 +15,14 @@ double load(const void* row, int64_t i, bool bf16) {
               : static_cast<const float*>(row)[i];
 }
 
+double load(const kernels::AttentionSlice& s, const void* row, int64_t i) {
+  return s.f64 ? static_cast<const double*>(row)[i] : load(row, i, s.bf16);
+}
+
+int64_t element_size(const kernels::AttentionSlice& s) {
+  return s.f64 ? 8 : s.bf16 ? 2 : 4;
+}
+
 // Whether key j is hidden from query i in slice s.
 bool hidden(const kernels::AttentionSlice& s, int64_t i, int64_t j) {
   return (s.causal_diagonal != kernels::kNoCausal && j > i + s.causal_diagonal) ||
@@ -25,12 +33,12 @@ bool hidden(const kernels::AttentionSlice& s, int64_t i, int64_t j) {
 
 // The scaled score of (i, j) before the score modifier, in double.
 double raw_score(const kernels::AttentionSlice& s, int64_t i, int64_t j) {
-  const int64_t elem = s.bf16 ? 2 : 4;
+  const int64_t elem = element_size(s);
   const char* q = static_cast<const char*>(s.q) + i * s.q_stride * elem;
   const char* k = static_cast<const char*>(s.k) + j * s.k_stride * elem;
   double dot = 0;
-  for (int64_t c = 0; c < s.d; ++c) dot += load(q, c, s.bf16) * load(k, c, s.bf16);
-  return dot * s.scale;
+  for (int64_t c = 0; c < s.d; ++c) dot += load(s, q, c) * load(s, k, c);
+  return dot * (s.f64 ? s.scale_f64 : s.scale);
 }
 
 double softmax_row(const kernels::AttentionSlice& s, int64_t i, std::vector<double>& p) {

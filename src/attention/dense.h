@@ -11,6 +11,10 @@ namespace qkv::detail {
 
 // Element i of a row of f32 or bf16 values.
 double load(const void* row, int64_t i, bool bf16);
+// Element i of a row of q, k or v in slice s (f32, bf16 or f64).
+double load(const kernels::AttentionSlice& s, const void* row, int64_t i);
+// Bytes per element of s's q, k and v.
+int64_t element_size(const kernels::AttentionSlice& s);
 // Whether key j is hidden from query i (causal, padding, boolean mask, mask modifier).
 bool hidden(const kernels::AttentionSlice& s, int64_t i, int64_t j);
 // scale * q_i . k_j, before the score modifier.

@@ -20,8 +20,9 @@ void check_qkv(const Tensor& t, const char* op, const char* name, AttentionLayou
             to_string(t.device()), "; only cpu tensors are supported");
   QKV_CHECK(t.dim() == 4, op, ": argument ", name, " has shape ", shape_string(t.shape()),
             "; expected 4 dims ", layout_name(layout));
-  QKV_CHECK(t.dtype() == DType::f32 || t.dtype() == DType::bf16, op, ": argument ", name,
-            " has dtype ", dtype_name(t.dtype()), "; expected f32 or bf16");
+  QKV_CHECK(t.dtype() == DType::f32 || t.dtype() == DType::bf16 || t.dtype() == DType::f64, op,
+            ": argument ", name, " has dtype ", dtype_name(t.dtype()),
+            "; expected f32, bf16 or f64");
 }
 
 // The kernel reads each row as contiguous values.
@@ -38,12 +39,19 @@ AttentionPlan plan_attention(const Tensor& q_in, const Tensor& k_in, const Tenso
   check_qkv(q_in, op, "q", p.layout);
   check_qkv(k_in, op, "k", p.layout);
   check_qkv(v_in, op, "v", p.layout);
-  QKV_CHECK(q_in.dtype() == k_in.dtype() && q_in.dtype() == v_in.dtype(), op,
+  // An f64 operand makes all three f64 (torch's promotion): the oracle's
+  // double path, for checking (gradcheck).
+  const bool f64 = q_in.dtype() == DType::f64 || k_in.dtype() == DType::f64 ||
+                   v_in.dtype() == DType::f64;
+  QKV_CHECK(f64 || (q_in.dtype() == k_in.dtype() && q_in.dtype() == v_in.dtype()), op,
             ": q, k and v must share a dtype; got ", dtype_name(q_in.dtype()), ", ",
             dtype_name(k_in.dtype()), " and ", dtype_name(v_in.dtype()));
-  p.q = with_contiguous_rows(as_bhld(q_in, p.layout));
-  p.k = with_contiguous_rows(as_bhld(k_in, p.layout));
-  p.v = with_contiguous_rows(as_bhld(v_in, p.layout));
+  QKV_CHECK(!f64 || !options.score_mod, op,
+            ": score modifiers have no f64 path yet (q, k, v are f64); use f32");
+  const auto promoted = [f64](const Tensor& t) { return f64 ? t.to(DType::f64) : t; };
+  p.q = with_contiguous_rows(as_bhld(promoted(q_in), p.layout));
+  p.k = with_contiguous_rows(as_bhld(promoted(k_in), p.layout));
+  p.v = with_contiguous_rows(as_bhld(promoted(v_in), p.layout));
   p.batch = p.q.size(0);
   p.heads = p.q.size(1);
   p.lq = p.q.size(2);
@@ -67,6 +75,7 @@ AttentionPlan plan_attention(const Tensor& q_in, const Tensor& k_in, const Tenso
       options.scale.value_or(p.d > 0 ? 1.0 / std::sqrt(static_cast<double>(p.d)) : 1.0);
   QKV_CHECK(std::isfinite(scale), op, ": scale must be finite, got ", scale);
   p.scale = static_cast<float>(scale);
+  p.scale_f64 = scale;
   if (options.causal == Causal::top_left) p.causal_diagonal = 0;
   if (options.causal == Causal::bottom_right) p.causal_diagonal = p.lk - p.lq;
 
@@ -114,10 +123,11 @@ AttentionResult AttentionPlan::make_result(bool with_lse) const {
   AttentionResult r;
   const Shape shape =
       layout == AttentionLayout::bhld ? Shape{batch, heads, lq, dv} : Shape{batch, lq, heads, dv};
-  r.output = Tensor::zeros(shape, DType::f32);
-  if (with_lse) r.lse = Tensor::full({batch, heads, lq}, -INFINITY, DType::f32);
+  const DType dtype = q.dtype() == DType::f64 ? DType::f64 : DType::f32;
+  r.output = Tensor::zeros(shape, dtype);
+  if (with_lse) r.lse = Tensor::full({batch, heads, lq}, -INFINITY, dtype);
   if (!weights_heads.empty())
-    r.weights = Tensor::zeros({batch, static_cast<int64_t>(weights_heads.size()), lq, lk});
+    r.weights = Tensor::zeros({batch, static_cast<int64_t>(weights_heads.size()), lq, lk}, dtype);
   return r;
 }
 
@@ -135,6 +145,7 @@ kernels::AttentionSlice AttentionPlan::slice(int64_t b, int64_t h,
            (i0 * t.stride(0) + i1 * t.stride(1)) * static_cast<int64_t>(elem);
   };
   s.bf16 = q.dtype() == DType::bf16;
+  s.f64 = q.dtype() == DType::f64;
   s.q = at(q, b, h);
   s.k = at(k, b, g);
   s.v = at(v, b, g);
@@ -142,15 +153,18 @@ kernels::AttentionSlice AttentionPlan::slice(int64_t b, int64_t h,
   s.k_stride = k.stride(2);
   s.v_stride = v.stride(2);
   const Tensor out = output_bhld(result, layout);
-  s.o = static_cast<float*>(out.raw_data()) + b * out.stride(0) + h * out.stride(1);
-  s.o_stride = out.stride(2);
-  if (result.lse.defined())
-    s.lse = static_cast<float*>(result.lse.raw_data()) + (b * heads + h) * lq;
+  if (!s.f64) {
+    s.o = static_cast<float*>(out.raw_data()) + b * out.stride(0) + h * out.stride(1);
+    s.o_stride = out.stride(2);
+    if (result.lse.defined())
+      s.lse = static_cast<float*>(result.lse.raw_data()) + (b * heads + h) * lq;
+  }
   s.lq = lq;
   s.lk = lk;
   s.d = d;
   s.dv = dv;
   s.scale = scale;
+  s.scale_f64 = scale_f64;
   if (allowed.defined()) {
     s.allowed = static_cast<const uint8_t*>(allowed.raw_data()) + b * allowed.stride(0) +
                 h * allowed.stride(1);

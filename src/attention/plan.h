@@ -57,6 +57,7 @@ struct AttentionPlan {
   AttentionLayout layout = AttentionLayout::bhld;
   int64_t batch = 0, heads = 0, kv_heads = 0, lq = 0, lk = 0, d = 0, dv = 0;
   float scale = 1.0f;
+  double scale_f64 = 1.0;  // unrounded, for f64
   int64_t causal_diagonal = kernels::kNoCausal;
   float dropout = 0.0f;
   uint64_t dropout_seed = 0;

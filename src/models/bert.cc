@@ -60,21 +60,28 @@ Variable activate(Act a, const Variable& x) {
   return x;
 }
 
-// tanh with d tanh(x) / dx = 1 - tanh(x)^2 (the pooler's activation; [B, H]).
-Variable tanh(const Variable& x) {
-  const Tensor in = x.value().to(DType::f32).contiguous();
-  Tensor y = Tensor::empty(in.shape());
-  const float* src = in.data<float>();
-  float* dst = y.data<float>();
+// tanh with d tanh(x) / dx = 1 - tanh(x)^2 (the pooler's activation; [B, H]),
+// in f32, or in f64 (T = double) for an f64 x.
+template <class T>
+Variable tanh_as(const Variable& x) {
+  constexpr DType kType = dtype_of<T>::value;
+  const Tensor in = x.value().to(kType).contiguous();
+  Tensor y = Tensor::empty(in.shape(), kType);
+  const T* src = in.data<T>();
+  T* dst = y.data<T>();
   for (int64_t i = 0; i < in.numel(); ++i) dst[i] = std::tanh(src[i]);
   return autograd::record("tanh", y, {x}, [y](const Tensor& g) {
-    const Tensor gc = g.to(DType::f32).contiguous();
-    Tensor dx = Tensor::empty(gc.shape());
-    const float *gp = gc.data<float>(), *yp = y.data<float>();
-    float* out = dx.data<float>();
-    for (int64_t i = 0; i < gc.numel(); ++i) out[i] = gp[i] * (1.0f - yp[i] * yp[i]);
+    const Tensor gc = g.to(kType).contiguous();
+    Tensor dx = Tensor::empty(gc.shape(), kType);
+    const T *gp = gc.data<T>(), *yp = y.data<T>();
+    T* out = dx.data<T>();
+    for (int64_t i = 0; i < gc.numel(); ++i) out[i] = gp[i] * (T(1) - yp[i] * yp[i]);
     return std::vector<Tensor>{dx};
   });
+}
+
+Variable tanh(const Variable& x) {
+  return x.dtype() == DType::f64 ? tanh_as<double>(x) : tanh_as<float>(x);
 }
 
 // attention_mask [B, L] (nonzero = token) -> the fused kernel's key-padding

@@ -19,6 +19,12 @@ using json = nlohmann::json;
 
 namespace {
 
+// Logits as the heads return them: f32 (bf16 under autocast converted), or
+// f64 for a model converted to f64 (gradcheck).
+autograd::Variable logits_result(const autograd::Variable& logits) {
+  return logits.dtype() == DType::f64 ? logits : autograd::to(logits, DType::f32);
+}
+
 bool starts_with(const std::string& s, const std::string& prefix) {
   return s.compare(0, prefix.size(), prefix) == 0;
 }
@@ -212,7 +218,7 @@ Variable BertForSequenceClassification::forward(const Tensor& input_ids,
                                                 const Tensor& attention_mask,
                                                 const Tensor& token_type_ids) {
   const BertOutput out = bert_->forward(input_ids, attention_mask, token_type_ids);
-  return autograd::to(classifier_->forward(dropout_->forward(out.pooler_output)), DType::f32);
+  return logits_result(classifier_->forward(dropout_->forward(out.pooler_output)));
 }
 
 // ---- BertForMaskedLM ---------------------------------------------------------------
@@ -292,7 +298,7 @@ Variable BertForMaskedLM::forward(const Tensor& input_ids, const Tensor& attenti
   const Variable picked = autograd::embedding(autograd::reshape(hidden, {rows, h}), p);
   const Variable t = transform_norm_->forward(
       activate(bert_->config().hidden_act, transform_->forward(picked)));
-  return autograd::to(autograd::linear(t, bert_->word_embeddings(), bias_), DType::f32);
+  return logits_result(autograd::linear(t, bert_->word_embeddings(), bias_));
 }
 
 }  // namespace qkv::nn

@@ -60,6 +60,10 @@ struct AttentionSlice {
   const void* k = nullptr;
   const void* v = nullptr;
   bool bf16 = false;  // q, k, v hold bf16 (else f32); the math is f32 either way
+  // q, k, v hold f64: only the oracle (attention/dense.h, reference.cc) runs
+  // such a slice, in double, writing its own f64 outputs (o and lse are null).
+  bool f64 = false;
+  double scale_f64 = 1.0;  // the scale unrounded, for f64
   int64_t q_stride = 0, k_stride = 0, v_stride = 0;
   float* o = nullptr;
   int64_t o_stride = 0;
