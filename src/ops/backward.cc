@@ -1,8 +1,9 @@
 // The backward ops of qkv/ops.h: validate once, bring the operands to
 // contiguous f32, run the kernels of kernels/cpu/backward.h over runs or rows
-// spread on the thread team. Every result is a function of the inputs alone:
-// work is split into pieces fixed by the shapes, never by the thread count,
-// and partial sums are combined in a fixed order.
+// spread on the thread team (with an f64 operand: contiguous double and the
+// reference kernels of kernels/ref/backward_ref.h). Every result is a function
+// of the inputs alone: work is split into pieces fixed by the shapes, never by
+// the thread count, and partial sums are combined in a fixed order.
 #include "kernels/cpu/backward.h"
 
 #include <algorithm>
@@ -208,7 +209,7 @@ NormGradients layer_norm_backward(const Tensor& grad, const Tensor& x, const Ten
                               kernel(g, in, pw, eps, dx, dw, db, n);
                             });
   };
-  if (any_f64({&grad, &x, &weight}))
+  if (any_f64({&grad, &x, &weight, &bias}))
     return run.operator()<double>(ref::LayerNormBackward<double>);
   return run.operator()<float>(kernels::LayerNormBackward);
 }

@@ -1,7 +1,9 @@
 // The element-wise, softmax, normalisation and reduction ops of qkv/ops.h:
 // validate once, bring the operands to contiguous f32 (copying only when the
 // dtype or layout asks for it), split the work into runs for the kernels of
-// kernels/cpu/elementwise.h and spread the runs over the thread team.
+// kernels/cpu/elementwise.h and spread the runs over the thread team. With an
+// f64 operand the same layout code runs on double and hands the runs to the
+// reference kernels (kernels/ref/) instead.
 #include "qkv/ops.h"
 
 #include <algorithm>
@@ -31,6 +33,14 @@ Tensor output_for(const Tensor& in, const Tensor& x) {
 
 // The f32 (or f64) result in the caller's dtype, contiguous.
 Tensor finish(const Tensor& result, DType dtype) { return result.to(dtype).contiguous(); }
+
+// The dtype of a result computed in T from input x: f64 whenever the op ran
+// in double (an f64 operand, perhaps a norm's weight, promotes the rest),
+// else x's own.
+template <class T>
+DType result_dtype(const Tensor& x) {
+  return std::is_same_v<T, double> ? DType::f64 : x.dtype();
+}
 
 // Every op runs on T = float (the SIMD kernels; bf16 / f16 through f32) or,
 // when an operand is f64, on T = double (the reference kernels).
@@ -160,7 +170,7 @@ Tensor map_rows(const Tensor& x, int64_t dim, const char* op, Kernel kernel) {
     return map_rows<T>(x.reshape({1}), 0, op, kernel).reshape({});
   }
   const int64_t d = wrap_dim(dim, x.dim(), op);
-  if (x.numel() == 0) return Tensor::empty(x.shape(), x.dtype());
+  if (x.numel() == 0) return Tensor::empty(x.shape(), result_dtype<T>(x));
   const RowsAlong rows = rows_along<T>(x, d);
   Tensor out = output_for(rows.data, x);
   const int64_t n = rows.n;
@@ -170,10 +180,10 @@ Tensor map_rows(const Tensor& x, int64_t dim, const char* op, Kernel kernel) {
     for (int64_t r = begin; r < end; ++r)
       kernel(src + r * n, dst + r * n, static_cast<size_t>(n));
   });
-  if (rows.inner == 1) return finish(out.view(x.shape()), x.dtype());
+  if (rows.inner == 1) return finish(out.view(x.shape()), result_dtype<T>(x));
   Tensor back = Tensor::empty(x.shape(), dtype_of<T>::value);
   transpose_batched(dst, back.data<T>(), rows.outer, rows.inner, n);
-  return finish(back, x.dtype());
+  return finish(back, result_dtype<T>(x));
 }
 
 // ---- reductions --------------------------------------------------------------
