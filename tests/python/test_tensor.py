@@ -150,8 +150,9 @@ def test_arange_and_random():
 def test_dtype_names():
     t = qkv.arange(3)
     assert t.to("float16").dtype == "f16" and t.to("bfloat16").dtype == "bf16"
-    with pytest.raises(qkv.QkvError, match="f64"):
-        t.to("f64")
+    assert t.to("f64").dtype == "f64" and t.to("float64").tolist() == [0.0, 1.0, 2.0]
+    with pytest.raises(qkv.QkvError, match="f128"):
+        t.to("f128")
 
 
 def test_threads():
