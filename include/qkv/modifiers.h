@@ -69,6 +69,11 @@ class ScoreModGradients {
   // thread; blocks of different (batch, head) pairs may come concurrently.
   virtual void accumulate(const AttentionBlock& block, const float* raw, const float* grad,
                           int64_t ld) = 0;
+  // The same in double, from the f64 path (the oracle, one row per block).
+  // The default rounds to f32 and calls accumulate(); the built-ins override
+  // it, so that gradcheck sees their gradients in double.
+  virtual void accumulate_f64(const AttentionBlock& block, const double* raw, const double* grad,
+                              int64_t ld);
   // Once every block is in: one gradient per ScoreMod::parameters() entry, in order.
   virtual std::vector<Tensor> finish() = 0;
 };
@@ -76,12 +81,15 @@ class ScoreModGradients {
 class ScoreMod {
  public:
   virtual ~ScoreMod() = default;
-  virtual float score(float s, int64_t batch, int64_t head, int64_t q, int64_t kv) const = 0;
+  // The pair-wise forms, in double: the oracle and the f64 path call them
+  // (f32 scores convert exactly); the fused kernels call the block forms.
+  virtual double score(double s, int64_t batch, int64_t head, int64_t q, int64_t kv) const = 0;
   // d score / d s at the unmodified score s (1 for additive biases).
-  virtual float derivative(float s, int64_t batch, int64_t head, int64_t q, int64_t kv) const;
+  virtual double derivative(double s, int64_t batch, int64_t head, int64_t q, int64_t kv) const;
   // Whether derivative() depends on s (then the backward keeps the raw scores).
   virtual bool needs_raw_scores() const { return true; }
-  // Block forms; the defaults loop over score() / derivative().
+  // Block forms over f32 scores; the defaults loop over score() / derivative()
+  // and round.
   virtual void apply(const AttentionBlock& block, float* scores, int64_t ld) const;
   // grad[i, j] *= derivative(raw[i, j], ...) (raw may be null when !needs_raw_scores()).
   virtual void backward(const AttentionBlock& block, const float* raw, float* grad,
@@ -92,7 +100,8 @@ class ScoreMod {
 
   // Learned tensors the modifier reads (T5's bucket table, say); empty for a
   // fixed one. attention_backward() returns their gradients in
-  // AttentionGradients::grad_score_mod, in this order.
+  // AttentionGradients::grad_score_mod, in this order, each f64 when its
+  // tensor is, else f32.
   virtual std::vector<Tensor> parameters() const { return {}; }
   // Fresh accumulators for one backward over [batch, heads, lq, lk] scores;
   // null when parameters() is empty.

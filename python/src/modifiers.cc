@@ -113,7 +113,7 @@ void bind_modifiers(nb::module_& m) {
                        "by bias_score, softcap_score; chained with score_chain.")
       .def(
           "score",
-          [](const ScoreMod& self, float s, int64_t b, int64_t h, int64_t q, int64_t kv) {
+          [](const ScoreMod& self, double s, int64_t b, int64_t h, int64_t q, int64_t kv) {
             return self.score(s, b, h, q, kv);
           },
           nb::arg("s"), nb::arg("batch"), nb::arg("head"), nb::arg("q"), nb::arg("kv"),

@@ -63,6 +63,11 @@ AttentionGradients attention_backward_with(const Tensor& grad_output, const Tens
                                            const AttentionResult& forward,
                                            const AttentionOptions& options, bool mask_requires_grad,
                                            ScoreModPtr grad_probability_term, const char* op) {
+  // f64 (for checking) runs the oracle, in double throughout; it recomputes
+  // what the forward saved.
+  if (q.dtype() == DType::f64 || k.dtype() == DType::f64 || v.dtype() == DType::f64)
+    return attention_backward_reference_with(grad_output, q, k, v, options, mask_requires_grad,
+                                             grad_probability_term.get(), op);
   detail::AttentionPlan plan = detail::plan_attention(q, k, v, options, op);
   const std::unique_ptr<ScoreModGradients> score_grads =
       options.score_mod
@@ -128,10 +133,6 @@ AttentionGradients attention_backward_with(const Tensor& grad_output, const Tens
 AttentionGradients attention_backward(const Tensor& grad_output, const Tensor& q, const Tensor& k,
                                       const Tensor& v, const AttentionResult& forward,
                                       const AttentionOptions& options, bool mask_requires_grad) {
-  // f64 (for checking) runs the oracle, in double throughout; it recomputes
-  // what the forward saved.
-  if (q.dtype() == DType::f64 || k.dtype() == DType::f64 || v.dtype() == DType::f64)
-    return attention_backward_reference(grad_output, q, k, v, options, mask_requires_grad);
   return detail::attention_backward_with(grad_output, q, k, v, forward, options, mask_requires_grad,
                                          nullptr, "attention_backward");
 }

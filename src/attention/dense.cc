@@ -46,7 +46,7 @@ double softmax_row(const kernels::AttentionSlice& s, int64_t i, std::vector<doub
   for (int64_t j = 0; j < s.lk; ++j) {
     double score = p[j];
     if (s.hooks && s.hooks->has_score_mod())
-      score = s.hooks->score(static_cast<float>(score), s.batch, s.head, i, j);
+      score = s.hooks->score(score, s.batch, s.head, i, j);
     if (s.bias) score += s.bias[i * s.bias_row_stride + j * s.bias_col_stride];
     p[j] = hidden(s, i, j) ? -std::numeric_limits<double>::infinity() : score;
     top = std::max(top, p[j]);

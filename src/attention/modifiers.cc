@@ -195,8 +195,15 @@ class BiasScore : public ScoreMod {
  public:
   explicit BiasScore(std::function<float(int64_t, int64_t, int64_t, int64_t)> fn)
       : fn_(std::move(fn)) {}
-  float score(float s, int64_t b, int64_t h, int64_t q, int64_t kv) const override {
+  double score(double s, int64_t b, int64_t h, int64_t q, int64_t kv) const override {
     return s + fn_(b, h, q, kv);
+  }
+  void apply(const AttentionBlock& blk, float* scores, int64_t ld) const override {
+    for (int64_t q = blk.q_begin; q < blk.q_end; ++q) {
+      float* row = scores + (q - blk.q_begin) * ld;
+      for (int64_t kv = blk.kv_begin; kv < blk.kv_end; ++kv)
+        row[kv - blk.kv_begin] += fn_(blk.batch, blk.head, q, kv);
+    }
   }
   bool needs_raw_scores() const override { return false; }
   void backward(const AttentionBlock&, const float*, float*, int64_t) const override {}  // d/ds = 1
@@ -210,17 +217,66 @@ class SoftcapScore : public ScoreMod {
   explicit SoftcapScore(float cap) : cap_(cap) {
     QKV_CHECK(cap > 0 && std::isfinite(cap), "softcap_score: cap must be positive, got ", cap);
   }
-  float score(float s, int64_t, int64_t, int64_t, int64_t) const override {
+  double score(double s, int64_t, int64_t, int64_t, int64_t) const override {
     return cap_ * std::tanh(s / cap_);
   }
-  float derivative(float s, int64_t, int64_t, int64_t, int64_t) const override {
-    const float t = std::tanh(s / cap_);
-    return 1.0f - t * t;
+  double derivative(double s, int64_t, int64_t, int64_t, int64_t) const override {
+    const double t = std::tanh(s / cap_);
+    return 1.0 - t * t;
+  }
+  // In f32, as the fused kernels compute.
+  void apply(const AttentionBlock& blk, float* scores, int64_t ld) const override {
+    for (int64_t q = blk.q_begin; q < blk.q_end; ++q) {
+      float* row = scores + (q - blk.q_begin) * ld;
+      for (int64_t j = 0; j < blk.kv_end - blk.kv_begin; ++j) row[j] = cap_ * std::tanh(row[j] / cap_);
+    }
+  }
+  void backward(const AttentionBlock& blk, const float* raw, float* grad,
+                int64_t ld) const override {
+    for (int64_t q = blk.q_begin; q < blk.q_end; ++q)
+      for (int64_t j = 0; j < blk.kv_end - blk.kv_begin; ++j) {
+        const int64_t at = (q - blk.q_begin) * ld + j;
+        const float t = std::tanh(raw[at] / cap_);
+        grad[at] *= 1.0f - t * t;
+      }
   }
 
  private:
   float cap_;
 };
+
+// A modifier's block forms over f32 scores (the fused kernels') or f64 ones
+// (the oracle's rows, pair by pair in double).
+void apply_as(const ScoreMod& mod, const AttentionBlock& blk, float* scores, int64_t ld) {
+  mod.apply(blk, scores, ld);
+}
+void apply_as(const ScoreMod& mod, const AttentionBlock& blk, double* scores, int64_t ld) {
+  for (int64_t q = blk.q_begin; q < blk.q_end; ++q)
+    for (int64_t kv = blk.kv_begin; kv < blk.kv_end; ++kv) {
+      double& s = scores[(q - blk.q_begin) * ld + kv - blk.kv_begin];
+      s = mod.score(s, blk.batch, blk.head, q, kv);
+    }
+}
+void backward_as(const ScoreMod& mod, const AttentionBlock& blk, const float* raw, float* grad,
+                 int64_t ld) {
+  mod.backward(blk, raw, grad, ld);
+}
+void backward_as(const ScoreMod& mod, const AttentionBlock& blk, const double* raw, double* grad,
+                 int64_t ld) {
+  for (int64_t q = blk.q_begin; q < blk.q_end; ++q)
+    for (int64_t kv = blk.kv_begin; kv < blk.kv_end; ++kv) {
+      const int64_t at = (q - blk.q_begin) * ld + kv - blk.kv_begin;
+      grad[at] *= mod.derivative(raw ? raw[at] : 0.0, blk.batch, blk.head, q, kv);
+    }
+}
+void accumulate_into(ScoreModGradients& g, const AttentionBlock& blk, const float* raw,
+                     const float* grad, int64_t ld) {
+  g.accumulate(blk, raw, grad, ld);
+}
+void accumulate_into(ScoreModGradients& g, const AttentionBlock& blk, const double* raw,
+                     const double* grad, int64_t ld) {
+  g.accumulate_f64(blk, raw, grad, ld);
+}
 
 // (b . a)'s learned gradients: b's from the upstream gradient at a's output,
 // a's from that gradient carried back through b.
@@ -231,19 +287,11 @@ class ChainGradients : public ScoreModGradients {
       : a_(a), b_(b), ag_(std::move(ag)), bg_(std::move(bg)) {}
   void accumulate(const AttentionBlock& blk, const float* raw, const float* grad,
                   int64_t ld) override {
-    const size_t size = block_size(blk, ld);
-    std::vector<float> mid;  // a's output, b's input
-    if (raw != nullptr) {
-      mid.assign(raw, raw + size);
-      a_.apply(blk, mid.data(), ld);
-    }
-    const float* b_raw = raw != nullptr ? mid.data() : nullptr;
-    if (bg_) bg_->accumulate(blk, b_raw, grad, ld);
-    if (ag_) {
-      std::vector<float> g(grad, grad + size);
-      b_.backward(blk, b_raw, g.data(), ld);
-      ag_->accumulate(blk, raw, g.data(), ld);
-    }
+    accumulate_as(blk, raw, grad, ld);
+  }
+  void accumulate_f64(const AttentionBlock& blk, const double* raw, const double* grad,
+                      int64_t ld) override {
+    accumulate_as(blk, raw, grad, ld);
   }
   std::vector<Tensor> finish() override {
     std::vector<Tensor> out = ag_ ? ag_->finish() : std::vector<Tensor>{};
@@ -253,6 +301,22 @@ class ChainGradients : public ScoreModGradients {
   }
 
  private:
+  template <class T>
+  void accumulate_as(const AttentionBlock& blk, const T* raw, const T* grad, int64_t ld) {
+    const size_t size = block_size(blk, ld);
+    std::vector<T> mid;  // a's output, b's input
+    if (raw != nullptr) {
+      mid.assign(raw, raw + size);
+      apply_as(a_, blk, mid.data(), ld);
+    }
+    const T* b_raw = raw != nullptr ? mid.data() : nullptr;
+    if (bg_) accumulate_into(*bg_, blk, b_raw, grad, ld);
+    if (ag_) {
+      std::vector<T> g(grad, grad + size);
+      backward_as(b_, blk, b_raw, g.data(), ld);
+      accumulate_into(*ag_, blk, raw, g.data(), ld);
+    }
+  }
   static size_t block_size(const AttentionBlock& blk, int64_t ld) {
     return static_cast<size_t>((blk.q_end - blk.q_begin - 1) * ld + (blk.kv_end - blk.kv_begin));
   }
@@ -264,10 +328,10 @@ class ChainGradients : public ScoreModGradients {
 class ChainScore : public ScoreMod {
  public:
   ChainScore(ScoreModPtr a, ScoreModPtr b) : a_(std::move(a)), b_(std::move(b)) {}
-  float score(float s, int64_t b, int64_t h, int64_t q, int64_t kv) const override {
+  double score(double s, int64_t b, int64_t h, int64_t q, int64_t kv) const override {
     return b_->score(a_->score(s, b, h, q, kv), b, h, q, kv);
   }
-  float derivative(float s, int64_t b, int64_t h, int64_t q, int64_t kv) const override {
+  double derivative(double s, int64_t b, int64_t h, int64_t q, int64_t kv) const override {
     return b_->derivative(a_->score(s, b, h, q, kv), b, h, q, kv) * a_->derivative(s, b, h, q, kv);
   }
   bool needs_raw_scores() const override {
@@ -333,8 +397,16 @@ void MaskMod::apply(const AttentionBlock& b, float* scores, int64_t ld) const {
 
 void MaskMod::check(int64_t, int64_t, int64_t, int64_t) const {}
 
-float ScoreMod::derivative(float, int64_t, int64_t, int64_t, int64_t) const {
-  return 1.0f;
+double ScoreMod::derivative(double, int64_t, int64_t, int64_t, int64_t) const {
+  return 1.0;
+}
+
+void ScoreModGradients::accumulate_f64(const AttentionBlock& b, const double* raw,
+                                       const double* grad, int64_t ld) {
+  const size_t size = static_cast<size_t>((b.q_end - b.q_begin - 1) * ld + (b.kv_end - b.kv_begin));
+  std::vector<float> raw32, grad32(grad, grad + size);
+  if (raw != nullptr) raw32.assign(raw, raw + size);
+  accumulate(b, raw != nullptr ? raw32.data() : nullptr, grad32.data(), ld);
 }
 
 void ScoreMod::check(int64_t, int64_t, int64_t, int64_t) const {}
@@ -348,7 +420,8 @@ void ScoreMod::apply(const AttentionBlock& b, float* scores, int64_t ld) const {
   for (int64_t q = b.q_begin; q < b.q_end; ++q) {
     float* row = scores + (q - b.q_begin) * ld;
     for (int64_t kv = b.kv_begin; kv < b.kv_end; ++kv)
-      row[kv - b.kv_begin] = score(row[kv - b.kv_begin], b.batch, b.head, q, kv);
+      row[kv - b.kv_begin] =
+          static_cast<float>(score(row[kv - b.kv_begin], b.batch, b.head, q, kv));
   }
 }
 
@@ -356,7 +429,7 @@ void ScoreMod::backward(const AttentionBlock& b, const float* raw, float* grad, 
   for (int64_t q = b.q_begin; q < b.q_end; ++q)
     for (int64_t kv = b.kv_begin; kv < b.kv_end; ++kv) {
       const int64_t at = (q - b.q_begin) * ld + kv - b.kv_begin;
-      grad[at] *= derivative(raw ? raw[at] : 0.0f, b.batch, b.head, q, kv);
+      grad[at] *= static_cast<float>(derivative(raw ? raw[at] : 0.0f, b.batch, b.head, q, kv));
     }
 }
 

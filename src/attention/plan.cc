@@ -46,8 +46,6 @@ AttentionPlan plan_attention(const Tensor& q_in, const Tensor& k_in, const Tenso
   QKV_CHECK(f64 || (q_in.dtype() == k_in.dtype() && q_in.dtype() == v_in.dtype()), op,
             ": q, k and v must share a dtype; got ", dtype_name(q_in.dtype()), ", ",
             dtype_name(k_in.dtype()), " and ", dtype_name(v_in.dtype()));
-  QKV_CHECK(!f64 || !options.score_mod, op,
-            ": score modifiers have no f64 path yet (q, k, v are f64); use f32");
   const auto promoted = [f64](const Tensor& t) { return f64 ? t.to(DType::f64) : t; };
   p.q = with_contiguous_rows(as_bhld(promoted(q_in), p.layout));
   p.k = with_contiguous_rows(as_bhld(promoted(k_in), p.layout));
@@ -231,12 +229,12 @@ bool ModifierHooks::allowed(int64_t b, int64_t h, int64_t q, int64_t k) const {
   return !mask_ || mask_->allowed(b, h, q, k);
 }
 
-float ModifierHooks::score(float s, int64_t b, int64_t h, int64_t q, int64_t k) const {
+double ModifierHooks::score(double s, int64_t b, int64_t h, int64_t q, int64_t k) const {
   return score_ ? score_->score(s, b, h, q, k) : s;
 }
 
-float ModifierHooks::derivative(float s, int64_t b, int64_t h, int64_t q, int64_t k) const {
-  return score_ ? score_->derivative(s, b, h, q, k) : 1.0f;
+double ModifierHooks::derivative(double s, int64_t b, int64_t h, int64_t q, int64_t k) const {
+  return score_ ? score_->derivative(s, b, h, q, k) : 1.0;
 }
 
 }  // namespace qkv::detail

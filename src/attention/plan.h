@@ -37,8 +37,8 @@ class ModifierHooks : public kernels::AttentionHooks {
   void add_grad_probability_term(int64_t b, int64_t h, int64_t q0, int64_t q1, int64_t k0,
                                  int64_t k1, float* dp, int64_t ld) const override;
   bool allowed(int64_t b, int64_t h, int64_t q, int64_t k) const override;
-  float score(float s, int64_t b, int64_t h, int64_t q, int64_t k) const override;
-  float derivative(float s, int64_t b, int64_t h, int64_t q, int64_t k) const override;
+  double score(double s, int64_t b, int64_t h, int64_t q, int64_t k) const override;
+  double derivative(double s, int64_t b, int64_t h, int64_t q, int64_t k) const override;
 
  private:
   MaskModPtr mask_;
@@ -88,6 +88,15 @@ AttentionGradients attention_backward_with(const Tensor& grad_output, const Tens
                                            const AttentionResult& forward,
                                            const AttentionOptions& options, bool mask_requires_grad,
                                            ScoreModPtr grad_probability_term, const char* op);
+
+// The backward oracle with the same extra dP term; the f64 path of
+// attention_backward_with.
+AttentionGradients attention_backward_reference_with(const Tensor& grad_output, const Tensor& q,
+                                                     const Tensor& k, const Tensor& v,
+                                                     const AttentionOptions& options,
+                                                     bool mask_requires_grad,
+                                                     const ScoreMod* grad_probability_term,
+                                                     const char* op);
 
 // Validates the arguments; errors name `op`, the argument and the values.
 AttentionPlan plan_attention(const Tensor& q, const Tensor& k, const Tensor& v,

@@ -12,8 +12,8 @@ namespace {
 class AlibiScore : public ScoreMod {
  public:
   AlibiScore(std::vector<float> slopes, int64_t offset) : slopes_(std::move(slopes)), offset_(offset) {}
-  float score(float s, int64_t, int64_t h, int64_t q, int64_t kv) const override {
-    return s - slope(h) * static_cast<float>(std::llabs(q + offset_ - kv));
+  double score(double s, int64_t, int64_t h, int64_t q, int64_t kv) const override {
+    return s - slope(h) * static_cast<double>(std::llabs(q + offset_ - kv));
   }
   bool needs_raw_scores() const override { return false; }
   void apply(const AttentionBlock& b, float* scores, int64_t ld) const override {

@@ -91,8 +91,8 @@ template <class T>
 AttentionGradients backward_reference_as(const detail::AttentionPlan& plan,
                                          const Tensor& grad_output, const Tensor& q,
                                          const Tensor& k, const Tensor& v,
-                                         const AttentionOptions& options,
-                                         bool mask_requires_grad) {
+                                         const AttentionOptions& options, bool mask_requires_grad,
+                                         const ScoreMod* grad_probability_term) {
   constexpr DType kType = dtype_of<T>::value;
   AttentionGradients g = detail::allocate_gradients(q, k, v, plan, mask_requires_grad);
   if constexpr (kType == DType::f64) {
@@ -111,7 +111,7 @@ AttentionGradients backward_reference_as(const detail::AttentionPlan& plan,
       options.score_mod
           ? options.score_mod->start_gradients(plan.batch, plan.heads, plan.lq, plan.lk)
           : nullptr;
-  std::vector<float> row_raw(static_cast<size_t>(plan.lk)), row_grad(row_raw.size());
+  std::vector<double> row_raw(static_cast<size_t>(plan.lk));
   for (int64_t b = 0; b < plan.batch; ++b)
     for (int64_t kv = 0; kv < plan.kv_heads; ++kv) {
       std::vector<double> dk_acc(static_cast<size_t>(plan.lk * plan.d), 0.0);
@@ -142,6 +142,7 @@ AttentionGradients backward_reference_as(const detail::AttentionPlan& plan,
               dp += go[c * dout.stride(3)] * vval(j, c);
               dv_acc[j * plan.dv + c] += p[j] * keep * go[c * dout.stride(3)];
             }
+            if (grad_probability_term) dp = grad_probability_term->score(dp, b, h, i, j);
             ds[j] = dp * keep;
             delta += p[j] * ds[j];
           }
@@ -151,15 +152,12 @@ AttentionGradients backward_reference_as(const detail::AttentionPlan& plan,
             ds[j] = p[j] * (ds[j] - delta);
             ds_raw[j] = ds[j];
             if (s.hooks && s.hooks->has_score_mod())
-              ds_raw[j] *= s.hooks->derivative(static_cast<float>(raw_score(s, i, j)), b, h, i, j);
+              ds_raw[j] *= s.hooks->derivative(raw_score(s, i, j), b, h, i, j);
           }
           if (score_grads) {  // the learned biases, one row as a block
-            for (int64_t j = 0; j < plan.lk; ++j) {
-              row_raw[j] = static_cast<float>(raw_score(s, i, j));
-              row_grad[j] = static_cast<float>(ds[j]);
-            }
-            score_grads->accumulate({b, h, i, i + 1, 0, plan.lk}, row_raw.data(), row_grad.data(),
-                                    plan.lk);
+            for (int64_t j = 0; j < plan.lk; ++j) row_raw[j] = raw_score(s, i, j);
+            score_grads->accumulate_f64({b, h, i, i + 1, 0, plan.lk}, row_raw.data(), ds.data(),
+                                        plan.lk);
           }
           T* dq_row = dq.data<T>() + b * dq.stride(0) + h * dq.stride(1) + i * dq.stride(2);
           for (int64_t c = 0; c < plan.d; ++c) {
@@ -193,16 +191,26 @@ AttentionGradients backward_reference_as(const detail::AttentionPlan& plan,
 
 }  // namespace
 
+AttentionGradients detail::attention_backward_reference_with(
+    const Tensor& grad_output, const Tensor& q, const Tensor& k, const Tensor& v,
+    const AttentionOptions& options, bool mask_requires_grad, const ScoreMod* grad_probability_term,
+    const char* op) {
+  const detail::AttentionPlan plan = detail::plan_attention(q, k, v, options, op);
+  detail::check_backward_args(grad_output, plan, options, mask_requires_grad, op);
+  if (plan.q.dtype() == DType::f64)
+    return backward_reference_as<double>(plan, grad_output, q, k, v, options, mask_requires_grad,
+                                         grad_probability_term);
+  return backward_reference_as<float>(plan, grad_output, q, k, v, options, mask_requires_grad,
+                                      grad_probability_term);
+}
+
 AttentionGradients attention_backward_reference(const Tensor& grad_output, const Tensor& q,
                                                 const Tensor& k, const Tensor& v,
                                                 const AttentionOptions& options,
                                                 bool mask_requires_grad) {
-  const char* op = "attention_backward_reference";
-  const detail::AttentionPlan plan = detail::plan_attention(q, k, v, options, op);
-  detail::check_backward_args(grad_output, plan, options, mask_requires_grad, op);
-  if (plan.q.dtype() == DType::f64)
-    return backward_reference_as<double>(plan, grad_output, q, k, v, options, mask_requires_grad);
-  return backward_reference_as<float>(plan, grad_output, q, k, v, options, mask_requires_grad);
+  return detail::attention_backward_reference_with(grad_output, q, k, v, options,
+                                                   mask_requires_grad, nullptr,
+                                                   "attention_backward_reference");
 }
 
 }  // namespace qkv

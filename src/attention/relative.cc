@@ -10,6 +10,7 @@
 #include <utility>
 #include <vector>
 
+#include "attention/dense.h"
 #include "attention/plan.h"
 #include "core/parallel.h"
 #include "kernels/cpu/attention.h"
@@ -56,11 +57,19 @@ class T5BiasScore;
 class T5Gradients : public ScoreModGradients {
  public:
   T5Gradients(const T5BiasScore& mod, int64_t batch, int64_t heads);
-  void accumulate(const AttentionBlock& blk, const float* raw, const float* grad,
-                  int64_t ld) override;
+  void accumulate(const AttentionBlock& blk, const float*, const float* grad,
+                  int64_t ld) override {
+    accumulate_as(blk, grad, ld);
+  }
+  void accumulate_f64(const AttentionBlock& blk, const double*, const double* grad,
+                      int64_t ld) override {
+    accumulate_as(blk, grad, ld);
+  }
   std::vector<Tensor> finish() override;
 
  private:
+  template <class T>
+  void accumulate_as(const AttentionBlock& blk, const T* grad, int64_t ld);
   const T5BiasScore& mod_;
   int64_t batch_, heads_;
   std::vector<double> sums_;  // [batch, heads, buckets]
@@ -77,11 +86,14 @@ class T5BiasScore : public ScoreMod {
               ", heads] tensor, got ",
               table.defined() ? shape_string(table.shape()) + " " + dtype_name(table.dtype())
                               : std::string("undefined"));
-    table_ = table.to(DType::f32).contiguous();
+    table_ = table;
+    f32_ = table.to(DType::f32).contiguous();
+    f64_ = table.to(DType::f64).contiguous();
     // Buckets are constant beyond max_distance: tabulate [-max, max] once.
     for (int64_t r = -o.max_distance; r <= o.max_distance; ++r) buckets_.push_back(bucket_of(r, o));
   }
   int64_t heads() const { return table_.size(1); }
+  const Tensor& table() const { return table_; }
   int64_t num_buckets() const { return options_.num_buckets; }
   int64_t bucket(int64_t relative) const {
     const int64_t m = options_.max_distance;
@@ -95,8 +107,8 @@ class T5BiasScore : public ScoreMod {
     return b.kv_end - 1 - b.q_begin - options_.query_offset;
   }
 
-  float score(float s, int64_t, int64_t h, int64_t q, int64_t kv) const override {
-    return s + table_.data<float>()[bucket(kv - q - options_.query_offset) * heads() + h];
+  double score(double s, int64_t, int64_t h, int64_t q, int64_t kv) const override {
+    return s + f64_.data<double>()[bucket(kv - q - options_.query_offset) * heads() + h];
   }
   bool needs_raw_scores() const override { return false; }
   void apply(const AttentionBlock& b, float* scores, int64_t ld) const override {
@@ -104,7 +116,7 @@ class T5BiasScore : public ScoreMod {
     // then each row adds a contiguous run of them (vectorises).
     const int64_t lo = lowest(b), hi = highest(b), cols = b.kv_end - b.kv_begin;
     std::vector<float> by_diagonal(static_cast<size_t>(hi - lo + 1));
-    const float* t = table_.data<float>();
+    const float* t = f32_.data<float>();
     for (int64_t r = lo; r <= hi; ++r) by_diagonal[r - lo] = t[bucket(r) * heads() + b.head];
     for (int64_t q = b.q_begin; q < b.q_end; ++q) {
       float* row = scores + (q - b.q_begin) * ld;
@@ -125,7 +137,8 @@ class T5BiasScore : public ScoreMod {
 
  private:
   T5BiasOptions options_;
-  Tensor table_;  // [num_buckets, heads] f32
+  Tensor table_;     // [num_buckets, heads] as given
+  Tensor f32_, f64_;  // the table in f32 (the fused kernels) and f64 (the pair-wise form)
   std::vector<int64_t> buckets_;
 };
 
@@ -135,13 +148,14 @@ T5Gradients::T5Gradients(const T5BiasScore& mod, int64_t batch, int64_t heads)
       heads_(heads),
       sums_(static_cast<size_t>(batch * heads * mod.num_buckets()), 0.0) {}
 
-void T5Gradients::accumulate(const AttentionBlock& b, const float*, const float* grad, int64_t ld) {
+template <class T>
+void T5Gradients::accumulate_as(const AttentionBlock& b, const T* grad, int64_t ld) {
   // Sum each diagonal of the block, then the diagonals into their buckets.
   const int64_t lo = mod_.lowest(b), hi = mod_.highest(b), cols = b.kv_end - b.kv_begin;
-  std::vector<float> diagonal(static_cast<size_t>(hi - lo + 1), 0.0f);
+  std::vector<T> diagonal(static_cast<size_t>(hi - lo + 1), T{0});
   for (int64_t q = b.q_begin; q < b.q_end; ++q) {
-    const float* row = grad + (q - b.q_begin) * ld;
-    float* acc = diagonal.data() + (b.q_end - 1 - q);  // column j is r = lo + (q_end - 1 - q) + j
+    const T* row = grad + (q - b.q_begin) * ld;
+    T* acc = diagonal.data() + (b.q_end - 1 - q);  // column j is r = lo + (q_end - 1 - q) + j
     for (int64_t j = 0; j < cols; ++j) acc[j] += row[j];
   }
   double* sums = sums_.data() + (b.batch * heads_ + b.head) * mod_.num_buckets();
@@ -150,15 +164,15 @@ void T5Gradients::accumulate(const AttentionBlock& b, const float*, const float*
 
 std::vector<Tensor> T5Gradients::finish() {
   const int64_t buckets = mod_.num_buckets();
-  Tensor out = Tensor::zeros({buckets, heads_});
-  float* o = out.data<float>();
+  Tensor out = Tensor::zeros({buckets, heads_}, DType::f64);
+  double* o = out.data<double>();
   for (int64_t r = 0; r < buckets; ++r)
     for (int64_t h = 0; h < heads_; ++h) {
       double total = 0;
       for (int64_t b = 0; b < batch_; ++b) total += sums_[(b * heads_ + h) * buckets + r];
-      o[r * heads_ + h] = static_cast<float>(total);
+      o[r * heads_ + h] = total;
     }
-  return {out};
+  return {mod_.table().dtype() == DType::f64 ? out : out.to(DType::f32)};
 }
 
 // ---- Shaw ------------------------------------------------------------------
@@ -172,13 +186,14 @@ class ClippedRelativeBias : public ScoreMod {
   ClippedRelativeBias(Tensor table, int64_t k, int64_t offset)
       : table_(std::move(table)), k_(k), offset_(offset) {}
 
-  float score(float s, int64_t b, int64_t h, int64_t q, int64_t kv) const override {
-    return s + row(b, h, q)[std::clamp(kv - q - offset_, -k_, k_) + k_];
+  double score(double s, int64_t b, int64_t h, int64_t q, int64_t kv) const override {
+    const int64_t r = std::clamp(kv - q - offset_, -k_, k_) + k_;
+    return s + (table_.dtype() == DType::f64 ? row<double>(b, h, q)[r] : row<float>(b, h, q)[r]);
   }
   bool needs_raw_scores() const override { return false; }
   void apply(const AttentionBlock& b, float* scores, int64_t ld) const override {
     for (int64_t q = b.q_begin; q < b.q_end; ++q) {
-      const float* t = row(b.batch, b.head, q);
+      const float* t = row<float>(b.batch, b.head, q);
       float* s = scores + (q - b.q_begin) * ld;
       const Runs runs = split(b, q);
       for (int64_t j = 0; j < runs.left; ++j) s[j] += t[0];
@@ -208,40 +223,58 @@ class ClippedRelativeBias : public ScoreMod {
     const int64_t right = std::clamp(q + offset_ + k_ - b.kv_begin, left, cols);
     return {left, right, cols};
   }
-  const float* row(int64_t b, int64_t h, int64_t q) const {
-    return table_.data<float>() + ((b * table_.size(1) + h) * table_.size(2) + q) * (2 * k_ + 1);
+  // The table's entries of query q: 2k + 1 of them. f32 for the fused
+  // kernels' block forms; f64 on the f64 path, which reads pairs.
+  int64_t row_offset(int64_t b, int64_t h, int64_t q) const {
+    return ((b * table_.size(1) + h) * table_.size(2) + q) * (2 * k_ + 1);
+  }
+  template <class T>
+  const T* row(int64_t b, int64_t h, int64_t q) const {
+    return table_.data<T>() + row_offset(b, h, q);
   }
   int64_t k() const { return k_; }
   int64_t offset() const { return offset_; }
   const Tensor& table() const { return table_; }
 
  private:
-  Tensor table_;  // [B, H, Lq, 2k + 1] f32 contiguous
+  Tensor table_;  // [B, H, Lq, 2k + 1] f32 or f64, contiguous
   int64_t k_, offset_;
 };
 
 class ClippedRelativeGradients : public ScoreModGradients {
  public:
   explicit ClippedRelativeGradients(const ClippedRelativeBias& mod)
-      : mod_(mod), grad_(Tensor::zeros(mod.table().shape())) {}
+      : mod_(mod), grad_(Tensor::zeros(mod.table().shape(), mod.table().dtype())) {}
   void accumulate(const AttentionBlock& b, const float*, const float* grad, int64_t ld) override {
+    accumulate_as(b, grad, ld);
+  }
+  void accumulate_f64(const AttentionBlock& b, const double*, const double* grad,
+                      int64_t ld) override {
+    if (grad_.dtype() == DType::f64)
+      accumulate_as(b, grad, ld);
+    else
+      ScoreModGradients::accumulate_f64(b, nullptr, grad, ld);  // rounds, to the f32 table's grad
+  }
+  std::vector<Tensor> finish() override { return {grad_}; }
+
+ private:
+  // grad_ holds T, as the table does.
+  template <class T>
+  void accumulate_as(const AttentionBlock& b, const T* grad, int64_t ld) {
     const int64_t k = mod_.k();
     for (int64_t q = b.q_begin; q < b.q_end; ++q) {
-      float* t = grad_.data<float>() + (mod_.row(b.batch, b.head, q) - mod_.table().data<float>());
-      const float* g = grad + (q - b.q_begin) * ld;
+      T* t = grad_.data<T>() + mod_.row_offset(b.batch, b.head, q);
+      const T* g = grad + (q - b.q_begin) * ld;
       const auto runs = mod_.split(b, q);
-      float left = 0, right = 0;
+      T left = 0, right = 0;
       for (int64_t j = 0; j < runs.left; ++j) left += g[j];
-      float* middle = t + (b.kv_begin - q - mod_.offset() + k);
+      T* middle = t + (b.kv_begin - q - mod_.offset() + k);
       for (int64_t j = runs.left; j < runs.right; ++j) middle[j] += g[j];
       for (int64_t j = runs.right; j < runs.cols; ++j) right += g[j];
       t[0] += left;
       t[2 * k] += right;
     }
   }
-  std::vector<Tensor> finish() override { return {grad_}; }
-
- private:
   const ClippedRelativeBias& mod_;
   Tensor grad_;
 };
@@ -251,9 +284,9 @@ std::unique_ptr<ScoreModGradients> ClippedRelativeBias::start_gradients(int64_t,
   return std::make_unique<ClippedRelativeGradients>(*this);
 }
 
-// [B, H, L, C] f32 contiguous view of q / dO in the attention's layout.
-Tensor bhld_f32(const Tensor& t, AttentionLayout layout) {
-  return detail::like_bhld(t, layout).to(DType::f32).contiguous();
+// [B, H, L, C] contiguous copy of q / dO in the attention's layout, in dtype.
+Tensor bhld_as(const Tensor& t, AttentionLayout layout, DType dtype) {
+  return detail::like_bhld(t, layout).to(dtype).contiguous();
 }
 
 // rows [B, H, L, C] x m [C, N] (or m^T) -> [B, H, L, N]
@@ -272,8 +305,9 @@ Tensor sum_outer(const Tensor& a, const Tensor& b) {
 
 struct ShawSetup {
   AttentionOptions options;  // the caller's, with the key term chained in front
-  Tensor q;                  // [B, H, Lq, D] f32
-  float scale = 1.0f;
+  DType dtype = DType::f32;  // of the tables and the relative terms: f64 on the f64 path
+  Tensor q;                  // [B, H, Lq, D] in dtype
+  double scale = 1.0;        // the attention's, as it rounds it for dtype
 };
 
 ShawSetup setup_shaw(const Tensor& q, const Tensor& k, const Tensor& v, const ShawPositions& pos,
@@ -292,16 +326,40 @@ ShawSetup setup_shaw(const Tensor& q, const Tensor& k, const Tensor& v, const Sh
   check_table(pos.value, "positions.value", plan.dv);
   QKV_CHECK(!pos.value.defined() || options.dropout == 0.0, op, ": dropout (", options.dropout,
             ") is not supported with relative value embeddings");
-  ShawSetup s{options, bhld_f32(q, options.layout), plan.scale};
+  const bool f64 = plan.q.dtype() == DType::f64;  // the attention's f64 path
+  ShawSetup s{options, f64 ? DType::f64 : DType::f32};
+  s.q = bhld_as(q, options.layout, s.dtype);
+  s.scale = f64 ? plan.scale_f64 : plan.scale;
   s.options.return_lse = true;
   if (pos.key.defined()) {
     // scale * q_i . a^K_r for every row and distance: the key term's table.
-    Tensor table = scale(rows_times(s.q, pos.key.to(DType::f32), /*transpose_m=*/true), s.scale);
+    Tensor table = scale(rows_times(s.q, pos.key.to(s.dtype), /*transpose_m=*/true), s.scale);
     ScoreModPtr key =
         std::make_shared<ClippedRelativeBias>(std::move(table), pos.max_distance, pos.query_offset);
     s.options.score_mod = options.score_mod ? score_chain(key, options.score_mod) : key;
   }
   return s;
+}
+
+// value_weights() of an f64 plan, by definition: each row's probabilities
+// in double (the oracle's), binned by clipped distance.
+Tensor value_weights_f64(const detail::AttentionPlan& plan, const ShawPositions& pos,
+                         const AttentionResult& result) {
+  const int64_t kd = pos.max_distance, width = 2 * kd + 1;
+  Tensor w = Tensor::zeros({plan.batch, plan.heads, plan.lq, width}, DType::f64);
+  detail::parallel_for(0, plan.batch * plan.heads, 1, [&](int64_t begin, int64_t end) {
+    std::vector<double> p(static_cast<size_t>(plan.lk));
+    for (int64_t bh = begin; bh < end; ++bh) {
+      const kernels::AttentionSlice s = plan.slice(bh / plan.heads, bh % plan.heads, result);
+      for (int64_t i = 0; i < plan.lq; ++i) {
+        detail::probabilities(s, i, p);
+        double* out = w.data<double>() + (bh * plan.lq + i) * width;
+        for (int64_t j = 0; j < plan.lk; ++j)
+          out[std::clamp(j - i - pos.query_offset, -kd, kd) + kd] += p[j];
+      }
+    }
+  });
+  return w;
 }
 
 // W[b, h, i, r + k]: the probability mass of row i at clipped distance r.
@@ -312,6 +370,7 @@ ShawSetup setup_shaw(const Tensor& q, const Tensor& k, const Tensor& v, const Sh
 Tensor value_weights(const Tensor& q, const Tensor& k, const Tensor& v, const ShawPositions& pos,
                      const ShawSetup& setup, const AttentionResult& result, const char* op) {
   const detail::AttentionPlan plan = detail::plan_attention(q, k, v, setup.options, op);
+  if (setup.dtype == DType::f64) return value_weights_f64(plan, pos, result);
   const int64_t kd = pos.max_distance, width = 2 * kd + 1, off = pos.query_offset;
   Tensor w = Tensor::zeros({plan.batch, plan.heads, plan.lq, width});
   // Keys right of the band (distance >= k) are visible only without a causal
@@ -392,7 +451,7 @@ ShawResult shaw_attention(const Tensor& q, const Tensor& k, const Tensor& v,
   if (positions.value.defined()) {
     r.value_weights = value_weights(q, k, v, positions, setup, r.attention, op);
     // out_i += sum_r W[i, r] a^V_r, in the output's layout.
-    const Tensor term = rows_times(r.value_weights, positions.value.to(DType::f32), false);
+    const Tensor term = rows_times(r.value_weights, positions.value.to(setup.dtype), false);
     r.attention.output = add(r.attention.output, detail::like_bhld(term, options.layout));
   }
   return r;
@@ -410,11 +469,11 @@ ShawGradients shaw_attention_backward(const Tensor& grad_output, const Tensor& q
   if (positions.value.defined()) {
     QKV_CHECK(forward.value_weights.defined(), op,
               ": forward.value_weights is missing; pass the result of shaw_attention()");
-    dout = bhld_f32(grad_output, options.layout);
+    dout = bhld_as(grad_output, options.layout, setup.dtype);
     // out_i = ... + sum_r W[i, r] a^V_r: d a^V = W^T dO, and dP_ij gains dO_i . a^V_r(i, j).
     g.grad_value = sum_outer(forward.value_weights, dout);
     value_term = std::make_shared<ClippedRelativeBias>(
-        rows_times(dout, positions.value.to(DType::f32), /*transpose_m=*/true),
+        rows_times(dout, positions.value.to(setup.dtype), /*transpose_m=*/true),
         positions.max_distance, positions.query_offset);
   }
   g.attention = detail::attention_backward_with(grad_output, q, k, v, forward.attention,
@@ -425,7 +484,7 @@ ShawGradients shaw_attention_backward(const Tensor& grad_output, const Tensor& q
     const Tensor dt = grads.front();
     grads.erase(grads.begin());
     g.grad_key = scale(sum_outer(dt, setup.q), setup.scale);
-    const Tensor dq = scale(rows_times(dt, positions.key.to(DType::f32), false), setup.scale);
+    const Tensor dq = scale(rows_times(dt, positions.key.to(setup.dtype), false), setup.scale);
     g.attention.grad_q = add(g.attention.grad_q, detail::like_bhld(dq, options.layout));
   }
   return g;

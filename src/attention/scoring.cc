@@ -185,7 +185,7 @@ AdditiveAttentionGradients additive_attention_backward(const Tensor& grad_output
             double g_score = p[j] * (ds[j] - delta);
             if (g_score == 0) continue;
             if (s.hooks && s.hooks->has_score_mod())
-              g_score *= s.hooks->derivative(static_cast<float>(add.score(s, i, j)), b, h, i, j);
+              g_score *= s.hooks->derivative(add.score(s, i, j), b, h, i, j);
             g_score *= s.scale;
             for (int64_t r = 0; r < a; ++r) {
               const double t = std::tanh(add.pq[i * a + r] + add.pk[j * a + r]);

@@ -224,7 +224,7 @@ TEST(Attention, ModifiedCausalEqualsBuiltInCausal) {
 // applied once per computed block.
 class CountingScore : public ScoreMod {
  public:
-  float score(float s, int64_t, int64_t, int64_t, int64_t) const override { return s; }
+  double score(double s, int64_t, int64_t, int64_t, int64_t) const override { return s; }
   bool needs_raw_scores() const override { return false; }
   void apply(const AttentionBlock&, float*, int64_t) const override { ++blocks; }
   mutable std::atomic<int64_t> blocks{0};

@@ -2,12 +2,12 @@
 // op and every module: the backward each op records, and the gradients of
 // whole modules after Module::to(DType::f64), against central differences of
 // the forward. Inputs avoid the kinks (relu at 0) by more than the step.
-// Score modifiers and the linear-attention family have no f64 path yet (see
-// F64IsRefusedWhereThereIsNoDoublePathYet).
 #include "qkv/gradcheck.h"
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cmath>
 #include <functional>
 #include <vector>
 
@@ -269,29 +269,106 @@ TEST(GradcheckAttention, GroupedQueryHeads) {
                    {t.q, t.k, t.v});
 }
 
-// Not yet on the f64 path (each refuses f64 with a clear error rather than
-// computing in f32): the score modifiers (softcap, ALiBi, T5's table, Shaw's
-// key term) and the linear-attention family. Their gradients are checked in
-// f32 against finite differences and against torch in float64 instead
-// (attention_test, linear_attention_test, test_modifiers.py,
-// test_linear_attention.py, test_relative_positions.py).
-TEST(GradcheckAttention, F64IsRefusedWhereThereIsNoDoublePathYet) {
-  Generator gen(16);
-  const Tensor q = randn({1, 2, 4, 3}, gen, DType::f64);
-  auto expect_refused = [](const std::function<void()>& f, const char* what) {
-    try {
-      f();
-      ADD_FAILURE() << "f64 was accepted";
-    } catch (const Error& e) {
-      EXPECT_NE(std::string(e.what()).find(what), std::string::npos) << e.what();
-    }
+TEST(GradcheckAttention, ScoreModifiers) {
+  Generator gen(19);
+  const Qkv t = qkv_leaves(gen, 2, 5, 7, 3);
+  auto check = [&](ScoreModPtr mod) {
+    expect_gradcheck([&] { return attention(t.q, t.k, t.v, {.score_mod = mod}); },
+                     {t.q, t.k, t.v});
   };
-  expect_refused([&] { qkv::attention(q, q, q, {.score_mod = softcap_score(2.0f)}); },
-                 "score modifiers have no f64 path yet");
-  expect_refused([&] { qkv::attention(q, q, q, {.score_mod = alibi_score(alibi_slopes(2))}); },
-                 "score modifiers have no f64 path yet");
-  expect_refused([&] { linear_attention(q, q, q); }, "dtype f64");
-  expect_refused([&] { performer_attention(q, q, q, performer_projection(8, 3, 1)); }, "dtype f64");
+  check(softcap_score(0.8f));  // a small cap: the scores reach tanh's curve
+  check(alibi_score(alibi_slopes(2), 2));
+  check(bias_score([](int64_t, int64_t h, int64_t q, int64_t kv) { return 0.3f * h - 0.1f * (q - kv); }));
+  check(score_chain(alibi_score(alibi_slopes(2)), softcap_score(1.5f)));
+  expect_gradcheck(
+      [&] {
+        return attention(t.q, t.k, t.v,
+                         {.causal = Causal::bottom_right, .score_mod = softcap_score(1.0f)});
+      },
+      {t.q, t.k, t.v});
+}
+
+// Ops with an explicit backward and learned tables outside autograd::attention
+// (the layers record them): wrapped here with record() so gradcheck sees them.
+TEST(GradcheckAttention, T5BiasTableGradient) {
+  Generator gen(16);
+  const Qkv t = qkv_leaves(gen, 2, 4, 6, 3);
+  Variable table = leaf({8, 2}, gen);
+  const T5BiasOptions t5{.num_buckets = 8, .max_distance = 6};
+  for (bool softcap : {false, true}) {  // alone, and chained in front of a modifier
+    SCOPED_TRACE(softcap);
+    auto f = [&] {
+      const ScoreModPtr bias = t5_bias_score(table.value(), t5);
+      AttentionOptions o{.score_mod = softcap ? score_chain(bias, softcap_score(1.0f)) : bias,
+                         .return_lse = true};
+      const Tensor qv = t.q.value(), kv = t.k.value(), vv = t.v.value();
+      AttentionResult r = qkv::attention(qv, kv, vv, o);
+      const Tensor out = r.output;
+      return record("t5_attention", out, {t.q, t.k, t.v, table},
+                    [=, r = std::move(r)](const Tensor& g) {
+                      AttentionGradients a = attention_backward(g, qv, kv, vv, r, o);
+                      EXPECT_EQ(a.grad_score_mod.at(0).dtype(), DType::f64);
+                      return std::vector<Tensor>{a.grad_q, a.grad_k, a.grad_v,
+                                                 a.grad_score_mod.at(0)};
+                    });
+    };
+    expect_gradcheck(f, {t.q, t.k, t.v, table});
+  }
+}
+
+TEST(GradcheckAttention, ShawRelativePositions) {
+  Generator gen(17);
+  const Qkv t = qkv_leaves(gen, 2, 4, 5, 3);
+  Variable rk = leaf({5, 3}, gen), rv = leaf({5, 3}, gen);  // k = 2: 2k + 1 distances
+  for (bool causal : {false, true}) {
+    SCOPED_TRACE(causal);
+    auto f = [&] {
+      const ShawPositions positions{.key = rk.value(), .value = rv.value(), .max_distance = 2};
+      AttentionOptions o{.causal = causal ? Causal::bottom_right : Causal::none};
+      const Tensor qv = t.q.value(), kv = t.k.value(), vv = t.v.value();
+      ShawResult r = shaw_attention(qv, kv, vv, positions, o);
+      const Tensor out = r.attention.output;
+      return record("shaw_attention", out, {t.q, t.k, t.v, rk, rv},
+                    [=, r = std::move(r)](const Tensor& g) {
+                      ShawGradients s = shaw_attention_backward(g, qv, kv, vv, positions, r, o);
+                      return std::vector<Tensor>{s.attention.grad_q, s.attention.grad_k,
+                                                 s.attention.grad_v, s.grad_key, s.grad_value};
+                    });
+    };
+    expect_gradcheck(f, {t.q, t.k, t.v, rk, rv});
+  }
+}
+
+// The largest |a - b| over all elements (same shape).
+double max_difference(const Tensor& a, const Tensor& b) {
+  const std::vector<double> x = a.to_values(), y = b.to_values();
+  EXPECT_EQ(x.size(), y.size());
+  double worst = 0;
+  for (size_t i = 0; i < x.size() && i < y.size(); ++i) worst = std::max(worst, std::abs(x[i] - y[i]));
+  return worst;
+}
+
+// The f64 path runs the oracle: it must agree with the fused f32 kernels the
+// modifiers' block forms feed.
+TEST(GradcheckAttention, F64ModifiersAgreeWithTheFusedF32Path) {
+  Generator gen(18);
+  const Tensor q = randn({2, 2, 6, 4}, gen), k = randn({2, 2, 9, 4}, gen),
+               v = randn({2, 2, 9, 4}, gen), table = randn({8, 2}, gen);
+  const ShawPositions shaw{.key = randn({5, 4}, gen), .value = randn({5, 4}, gen),
+                           .max_distance = 2};
+  const auto f64 = [](const Tensor& x) { return x.to(DType::f64); };
+  for (const ScoreModPtr& mod :
+       {softcap_score(1.5f), alibi_score(alibi_slopes(2), 3),
+        t5_bias_score(table, {.num_buckets = 8, .max_distance = 6})}) {
+    const Tensor fast = qkv::attention(q, k, v, {.score_mod = mod}).output;
+    const Tensor exact = qkv::attention(f64(q), f64(k), f64(v), {.score_mod = mod}).output;
+    ASSERT_EQ(exact.dtype(), DType::f64);
+    EXPECT_LT(max_difference(fast, exact), 2e-6);
+  }
+  const Tensor fast = shaw_attention(q, k, v, shaw).attention.output;
+  const Tensor exact = shaw_attention(f64(q), f64(k), f64(v), shaw).attention.output;
+  ASSERT_EQ(exact.dtype(), DType::f64);
+  EXPECT_LT(max_difference(fast, exact), 2e-6);
 }
 
 // ---- modules ---------------------------------------------------------------------------
@@ -390,6 +467,17 @@ TEST(GradcheckModules, MultiHeadAttentionVariants) {
   check_multihead_variant(with([](auto& c) {
                             c.positions = nn::AttentionPositions::rotary;
                             c.num_heads = 3;  // an even head dim
+                          }),
+                          gen);
+  check_multihead_variant(with([](auto& c) { c.positions = nn::AttentionPositions::alibi; }), gen);
+  check_multihead_variant(with([](auto& c) {
+                            c.positions = nn::AttentionPositions::t5;
+                            c.t5 = {.num_buckets = 6, .max_distance = 8};
+                          }),
+                          gen);
+  check_multihead_variant(with([](auto& c) {
+                            c.positions = nn::AttentionPositions::shaw;
+                            c.shaw_max_distance = 2;
                           }),
                           gen);
 }

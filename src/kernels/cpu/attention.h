@@ -48,8 +48,8 @@ class AttentionHooks {
                                          float* /*dp*/, int64_t /*ld*/) const {}
   // Pair-wise forms, for the oracle.
   virtual bool allowed(int64_t b, int64_t h, int64_t q, int64_t k) const = 0;
-  virtual float score(float s, int64_t b, int64_t h, int64_t q, int64_t k) const = 0;
-  virtual float derivative(float s, int64_t b, int64_t h, int64_t q, int64_t k) const = 0;
+  virtual double score(double s, int64_t b, int64_t h, int64_t q, int64_t k) const = 0;
+  virtual double derivative(double s, int64_t b, int64_t h, int64_t q, int64_t k) const = 0;
 };
 
 // One (batch, head) slice: q [lq, d], k [lk, d], v [lk, dv], o [lq, dv].
