@@ -39,7 +39,7 @@ struct AdditiveSlice {
       : a(w.v.size(0)), wq(w.w_q.to_values()), wk(w.w_k.to_values()), va(w.v.to_values()) {}
 
   void project(const kernels::AttentionSlice& s) {
-    const int64_t elem = s.bf16 ? 2 : 4;
+    const int64_t elem = detail::element_size(s);
     auto proj = [&](const void* base, int64_t stride, int64_t n, const std::vector<double>& w,
                     std::vector<double>& out) {
       out.assign(static_cast<size_t>(n * a), 0.0);
@@ -47,7 +47,7 @@ struct AdditiveSlice {
         const char* row = static_cast<const char*>(base) + i * stride * elem;
         for (int64_t r = 0; r < a; ++r) {
           double acc = 0;
-          for (int64_t c = 0; c < s.d; ++c) acc += w[r * s.d + c] * detail::load(row, c, s.bf16);
+          for (int64_t c = 0; c < s.d; ++c) acc += w[r * s.d + c] * detail::load(s, row, c);
           out[i * a + r] = acc;
         }
       }
@@ -61,6 +61,24 @@ struct AdditiveSlice {
     return acc * s.scale;
   }
 };
+
+// Element `at` of t (f32 or f64) set to value.
+void store(const Tensor& t, int64_t at, double value) {
+  if (t.dtype() == DType::f64)
+    t.data<double>()[at] = value;
+  else
+    t.data<float>()[at] = static_cast<float>(value);
+}
+
+// Element `at` of t (f32 or f64).
+double load_at(const Tensor& t, int64_t at) {
+  return t.dtype() == DType::f64 ? t.data<double>()[at] : t.data<float>()[at];
+}
+
+// The dtype of the gradients: f64 on the f64 path, else f32.
+DType gradient_dtype(const detail::AttentionPlan& plan) {
+  return plan.q.dtype() == DType::f64 ? DType::f64 : DType::f32;
+}
 
 }  // namespace
 
@@ -83,9 +101,9 @@ GeneralAttentionGradients general_attention_backward(const Tensor& grad_output, 
   g.inputs = attention_backward(grad_output, qw, k, v, forward, with_unit_scale(options),
                                 mask_requires_grad);
   // q' = q W: dq = dq' W^T, dW = q^T dq' over every row.
-  const Tensor dqw = g.inputs.grad_q;
-  g.inputs.grad_q = matmul(dqw, w.to(DType::f32), {.transpose_b = true});
-  g.grad_w = matmul(rows(q.to(DType::f32)), rows(dqw), {.transpose_a = true});
+  const Tensor dqw = g.inputs.grad_q;  // f32, or f64 on the f64 path
+  g.inputs.grad_q = matmul(dqw, w.to(dqw.dtype()), {.transpose_b = true});
+  g.grad_w = matmul(rows(q.to(dqw.dtype())), rows(dqw), {.transpose_a = true});
   return g;
 }
 
@@ -98,30 +116,31 @@ AttentionResult additive_attention(const Tensor& q, const Tensor& k, const Tenso
   check_weight(weights.w_q, {a, plan.d}, op, "weights.w_q");
   check_weight(weights.w_k, {a, plan.d}, op, "weights.w_k");
   AttentionResult result = plan.make_result(options.return_lse);
+  const Tensor out = detail::AttentionPlan::output_bhld(result, plan.layout);
+  const int64_t weights_count = static_cast<int64_t>(plan.weights_heads.size());
   detail::parallel_for(0, plan.batch * plan.heads, 1, [&](int64_t begin, int64_t end) {
     AdditiveSlice add(weights);
     std::vector<double> p(static_cast<size_t>(plan.lk));
     for (int64_t bh = begin; bh < end; ++bh) {
       const int64_t b = bh / plan.heads, h = bh % plan.heads;
       const kernels::AttentionSlice s = plan.slice(b, h, result);
+      const int64_t elem = detail::element_size(s);
       add.project(s);
       for (int64_t i = 0; i < s.lq; ++i) {
         for (int64_t j = 0; j < s.lk; ++j) p[j] = add.score(s, i, j);
         const double lse = detail::softmax_row(s, i, p);
-        if (s.lse) s.lse[i] = static_cast<float>(lse);
-        if (result.weights.defined())
-          for (size_t w = 0; w < plan.weights_heads.size(); ++w)
-            if (plan.weights_heads[w] == h)
-              for (int64_t j = 0; j < s.lk; ++j)
-                result.weights.data<float>()[((b * static_cast<int64_t>(plan.weights_heads.size()) + w) * s.lq + i) * s.lk + j] =
-                    static_cast<float>(p[j]);
-        float* out = s.o + i * s.o_stride;
+        if (result.lse.defined()) store(result.lse, bh * s.lq + i, lse);
+        for (int64_t w = 0; w < weights_count; ++w)
+          if (plan.weights_heads[w] == h)
+            for (int64_t j = 0; j < s.lk; ++j)
+              store(result.weights, ((b * weights_count + w) * s.lq + i) * s.lk + j, p[j]);
+        const int64_t row = b * out.stride(0) + h * out.stride(1) + i * out.stride(2);
         for (int64_t c = 0; c < s.dv; ++c) {
           double acc = 0;
           for (int64_t j = 0; j < s.lk; ++j)
             acc += p[j] * detail::dropout_scale(s, i, j) *
-                   detail::load(static_cast<const char*>(s.v) + j * s.v_stride * (s.bf16 ? 2 : 4), c, s.bf16);
-          out[c] = static_cast<float>(acc);
+                   detail::load(s, static_cast<const char*>(s.v) + j * s.v_stride * elem, c);
+          store(out, row + c * out.stride(3), acc);
         }
       }
     }
@@ -142,8 +161,10 @@ AdditiveAttentionGradients additive_attention_backward(const Tensor& grad_output
   check_weight(weights.w_q, {a, plan.d}, op, "weights.w_q");
   check_weight(weights.w_k, {a, plan.d}, op, "weights.w_k");
   AdditiveAttentionGradients g;
-  g.inputs = detail::allocate_gradients(q, k, v, plan, false);
-  const Tensor dout = detail::like_bhld(grad_output.to(DType::f32), plan.layout);
+  const DType dtype = gradient_dtype(plan);
+  g.inputs = {Tensor::zeros(q.shape(), dtype), Tensor::zeros(k.shape(), dtype),
+              Tensor::zeros(v.shape(), dtype)};
+  const Tensor dout = detail::like_bhld(grad_output.to(dtype), plan.layout);
   const Tensor dq = detail::like_bhld(g.inputs.grad_q, plan.layout);
   const Tensor dk = detail::like_bhld(g.inputs.grad_k, plan.layout);
   const Tensor dv = detail::like_bhld(g.inputs.grad_v, plan.layout);
@@ -166,15 +187,15 @@ AdditiveAttentionGradients additive_attention_backward(const Tensor& grad_output
         for (int64_t i = 0; i < s.lq; ++i) {
           for (int64_t j = 0; j < s.lk; ++j) p[j] = add.score(s, i, j);
           detail::softmax_row(s, i, p);
-          const float* go = dout.data<float>() + b * dout.stride(0) + h * dout.stride(1) + i * dout.stride(2);
+          const int64_t go = b * dout.stride(0) + h * dout.stride(1) + i * dout.stride(2);
           double delta = 0;
           for (int64_t j = 0; j < s.lk; ++j) {
             const double keep = detail::dropout_scale(s, i, j);
             const char* vrow = static_cast<const char*>(s.v) + j * s.v_stride * elem;
             double dp = 0;
             for (int64_t c = 0; c < s.dv; ++c) {
-              const double gc = go[c * dout.stride(3)];
-              dp += gc * detail::load(vrow, c, s.bf16);
+              const double gc = load_at(dout, go + c * dout.stride(3));
+              dp += gc * detail::load(s, vrow, c);
               dv_acc[j * s.dv + c] += p[j] * keep * gc;
             }
             ds[j] = dp * keep;
@@ -197,14 +218,14 @@ AdditiveAttentionGradients additive_attention_backward(const Tensor& grad_output
           }
           // Through W_q: dq_i = W_q^T dpq, dW_q += dpq q_i^T.
           const char* qrow = static_cast<const char*>(s.q) + i * s.q_stride * elem;
-          float* dq_row = dq.data<float>() + b * dq.stride(0) + h * dq.stride(1) + i * dq.stride(2);
+          const int64_t dq_row = b * dq.stride(0) + h * dq.stride(1) + i * dq.stride(2);
           for (int64_t c = 0; c < d; ++c) {
             double acc = 0;
             for (int64_t r = 0; r < a; ++r) {
               acc += add.wq[r * d + c] * dpq[r];
-              gwq[r * d + c] += dpq[r] * detail::load(qrow, c, s.bf16);
+              gwq[r * d + c] += dpq[r] * detail::load(s, qrow, c);
             }
-            dq_row[c * dq.stride(3)] = static_cast<float>(acc);
+            store(dq, dq_row + c * dq.stride(3), acc);
           }
         }
         for (int64_t j = 0; j < s.lk; ++j) {  // through W_k
@@ -213,7 +234,7 @@ AdditiveAttentionGradients additive_attention_backward(const Tensor& grad_output
             double acc = 0;
             for (int64_t r = 0; r < a; ++r) {
               acc += add.wk[r * d + c] * dpk[j * a + r];
-              gwk[r * d + c] += dpk[j * a + r] * detail::load(krow, c, s.bf16);
+              gwk[r * d + c] += dpk[j * a + r] * detail::load(s, krow, c);
             }
             dk_acc[j * d + c] += acc;
           }
@@ -221,15 +242,15 @@ AdditiveAttentionGradients additive_attention_backward(const Tensor& grad_output
       }
       for (int64_t j = 0; j < plan.lk; ++j) {
         for (int64_t c = 0; c < d; ++c)
-          dk.data<float>()[b * dk.stride(0) + kv * dk.stride(1) + j * dk.stride(2) + c * dk.stride(3)] =
-              static_cast<float>(dk_acc[j * d + c]);
+          store(dk, b * dk.stride(0) + kv * dk.stride(1) + j * dk.stride(2) + c * dk.stride(3),
+                dk_acc[j * d + c]);
         for (int64_t c = 0; c < plan.dv; ++c)
-          dv.data<float>()[b * dv.stride(0) + kv * dv.stride(1) + j * dv.stride(2) + c * dv.stride(3)] =
-              static_cast<float>(dv_acc[j * plan.dv + c]);
+          store(dv, b * dv.stride(0) + kv * dv.stride(1) + j * dv.stride(2) + c * dv.stride(3),
+                dv_acc[j * plan.dv + c]);
       }
     }
-  auto as_tensor = [](const std::vector<double>& values, const Shape& shape) {
-    return Tensor::from_values(values, shape);
+  auto as_tensor = [dtype](const std::vector<double>& values, const Shape& shape) {
+    return Tensor::from_values(values, shape, dtype);
   };
   g.grad_w_q = as_tensor(gwq, {a, d});
   g.grad_w_k = as_tensor(gwk, {a, d});

@@ -18,6 +18,7 @@
 #include "qkv/linear_attention.h"
 #include "qkv/modifiers.h"
 #include "qkv/nn.h"
+#include "qkv/scoring.h"
 #include "qkv/sparse_masks.h"
 
 namespace qkv::autograd {
@@ -336,6 +337,45 @@ TEST(GradcheckAttention, ShawRelativePositions) {
                     });
     };
     expect_gradcheck(f, {t.q, t.k, t.v, rk, rv});
+  }
+}
+
+TEST(GradcheckAttention, GeneralAndAdditiveScoring) {
+  Generator gen(21);
+  const Qkv t = qkv_leaves(gen, 2, 4, 5, 3);
+  Variable w = leaf({3, 3}, gen);
+  auto general = [&] {
+    const Tensor qv = t.q.value(), kv = t.k.value(), vv = t.v.value(), wv = w.value();
+    const AttentionOptions o{.causal = Causal::bottom_right, .return_lse = true};
+    AttentionResult r = general_attention(qv, kv, vv, wv, o);
+    const Tensor out = r.output;
+    return record("general_attention", out, {t.q, t.k, t.v, w},
+                  [=, r = std::move(r)](const Tensor& g) {
+                    GeneralAttentionGradients a = general_attention_backward(g, qv, kv, vv, wv, r, o);
+                    return std::vector<Tensor>{a.inputs.grad_q, a.inputs.grad_k, a.inputs.grad_v,
+                                               a.grad_w};
+                  });
+  };
+  expect_gradcheck(general, {t.q, t.k, t.v, w});
+  Variable wq = leaf({4, 3}, gen), wk = leaf({4, 3}, gen), va = leaf({4}, gen);
+  for (ScoreModPtr mod : {ScoreModPtr{}, softcap_score(1.0f)}) {
+    SCOPED_TRACE(mod != nullptr);
+    auto additive = [&] {
+      const Tensor qv = t.q.value(), kv = t.k.value(), vv = t.v.value();
+      const AdditiveScoreWeights weights{wq.value(), wk.value(), va.value()};
+      const AttentionOptions o{.score_mod = mod};
+      const Tensor out = additive_attention(qv, kv, vv, weights, o).output;
+      EXPECT_EQ(out.dtype(), DType::f64);
+      return record("additive_attention", out, {t.q, t.k, t.v, wq, wk, va},
+                    [=](const Tensor& g) {
+                      AdditiveAttentionGradients a =
+                          additive_attention_backward(g, qv, kv, vv, weights, o);
+                      return std::vector<Tensor>{a.inputs.grad_q, a.inputs.grad_k,
+                                                 a.inputs.grad_v, a.grad_w_q, a.grad_w_k,
+                                                 a.grad_v_a};
+                    });
+    };
+    expect_gradcheck(additive, {t.q, t.k, t.v, wq, wk, va});
   }
 }
 
