@@ -1,11 +1,15 @@
 // Sub-quadratic attention (SPEC §3): low-rank (Linformer) and kernelised
 // (linear attention with elu + 1, Performer FAVOR+), forward and backward.
 //
-// q, k, v: [B, H, L, D] (Dv may differ from D), f32 or bf16 (converted to f32);
-// every result is f32. None of these builds an Lq x Lk buffer: Linformer needs
-// O(L kproj) memory per head; the kernelised forms O(L m + m Dv) without the
-// causal mask and O(L (m + C) + (L / C) m Dv) with it (m features, chunks of
-// C rows, one state per chunk: O(L D) for m ~ D ~ C).
+// q, k, v: [B, H, L, D] (Dv may differ from D), f32, bf16 or f64. The work
+// and every result are f32 (bf16 inputs converted), or f64 when any floating
+// input (q, k, v, Linformer's e and f, Performer's w) is f64: a double path
+// for checking gradients (qkv/gradcheck.h), not for speed.
+//
+// None of these builds an Lq x Lk buffer: Linformer needs O(L kproj) memory
+// per head; the kernelised forms O(L m + m Dv) without the causal mask and
+// O(L (m + C) + (L / C) m Dv) with it (m features, chunks of C rows, one
+// state per chunk: O(L D) for m ~ D ~ C).
 #pragma once
 
 #include <cstdint>
@@ -31,8 +35,8 @@ AttentionResult linformer_attention(const Tensor& q, const Tensor& k, const Tens
                                     const AttentionOptions& options = {});
 
 struct LinformerGradients {
-  Tensor grad_q, grad_k, grad_v;  // f32 [B, H, L, D]
-  Tensor grad_e, grad_f;          // f32, the shape of e and f
+  Tensor grad_q, grad_k, grad_v;  // f32 (f64 on the f64 path) [B, H, L, D]
+  Tensor grad_e, grad_f;          // the shape of e and f, of the same dtype
 };
 // `forward` is linformer_attention's result (its output and log-sum-exp).
 LinformerGradients linformer_attention_backward(const Tensor& grad_output, const Tensor& q,
@@ -56,7 +60,7 @@ struct LinearAttentionOptions {
 };
 
 struct LinearAttentionGradients {
-  Tensor grad_q, grad_k, grad_v;  // f32 [B, H, L, D]
+  Tensor grad_q, grad_k, grad_v;  // f32 (f64 on the f64 path) [B, H, L, D]
 };
 
 // Katharopoulos et al. 2020, "Transformers are RNNs" (eq. 6 and 9), with

@@ -344,7 +344,8 @@ MultiHeadAttentionGradients MultiHeadAttention::backward(const Tensor& grad_outp
   const Tensor heads =
       config_.batch_first ? s.attention.output : s.attention.output.transpose(0, 1);
   const Tensor heads_rows = heads.reshape({-1, e});
-  const LinearGrads out = linear_backward(rows(grad_output.to(DType::f32)), heads_rows,
+  const DType dtype = heads_rows.dtype();  // f32, or f64 after to(DType::f64)
+  const LinearGrads out = linear_backward(rows(grad_output.to(dtype)), heads_rows,
                                           weight("out_proj.weight"), config_.bias);
   g.parameters["out_proj.weight"] = out.weight;
   if (config_.bias) g.parameters["out_proj.bias"] = out.bias;
@@ -356,14 +357,14 @@ MultiHeadAttentionGradients MultiHeadAttention::backward(const Tensor& grad_outp
   const AttentionGradients ga = attend_backward(s, grad_heads, g.parameters);
 
   const bool packed = parameters_.count("in_proj_weight") > 0;
-  if (packed) g.parameters["in_proj_weight"] = Tensor::zeros({3 * e, e});
-  if (config_.bias) g.parameters["in_proj_bias"] = Tensor::zeros({3 * e});
+  if (packed) g.parameters["in_proj_weight"] = Tensor::zeros({3 * e, e}, dtype);
+  if (config_.bias) g.parameters["in_proj_bias"] = Tensor::zeros({3 * e}, dtype);
   auto input_grad = [&](int which, const Tensor& grad_bl, const Tensor& x, const char* separate) {
     const Tensor w = packed ? weight("in_proj_weight").narrow(0, which * e, e) : weight(separate);
     // [B, L, H, Dh] -> rows in x's order.
     const Tensor grad = rows((config_.batch_first ? grad_bl : grad_bl.transpose(0, 1))
                                  .reshape({x.size(0), x.size(1), e}));
-    const LinearGrads lg = linear_backward(grad, rows(x).to(DType::f32), w, config_.bias);
+    const LinearGrads lg = linear_backward(grad, rows(x).to(dtype), w, config_.bias);
     if (packed)
       g.parameters["in_proj_weight"].narrow(0, which * e, e).copy_(lg.weight);
     else

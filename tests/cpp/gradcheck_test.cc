@@ -274,12 +274,12 @@ TEST(GradcheckAttention, ScoreModifiers) {
   Generator gen(19);
   const Qkv t = qkv_leaves(gen, 2, 5, 7, 3);
   auto check = [&](ScoreModPtr mod) {
-    expect_gradcheck([&] { return attention(t.q, t.k, t.v, {.score_mod = mod}); },
-                     {t.q, t.k, t.v});
+    expect_gradcheck([&] { return attention(t.q, t.k, t.v, {.score_mod = mod}); }, {t.q, t.k, t.v});
   };
   check(softcap_score(0.8f));  // a small cap: the scores reach tanh's curve
   check(alibi_score(alibi_slopes(2), 2));
-  check(bias_score([](int64_t, int64_t h, int64_t q, int64_t kv) { return 0.3f * h - 0.1f * (q - kv); }));
+  check(bias_score(
+      [](int64_t, int64_t h, int64_t q, int64_t kv) { return 0.3f * h - 0.1f * (q - kv); }));
   check(score_chain(alibi_score(alibi_slopes(2)), softcap_score(1.5f)));
   expect_gradcheck(
       [&] {
@@ -305,13 +305,12 @@ TEST(GradcheckAttention, T5BiasTableGradient) {
       const Tensor qv = t.q.value(), kv = t.k.value(), vv = t.v.value();
       AttentionResult r = qkv::attention(qv, kv, vv, o);
       const Tensor out = r.output;
-      return record("t5_attention", out, {t.q, t.k, t.v, table},
-                    [=, r = std::move(r)](const Tensor& g) {
-                      AttentionGradients a = attention_backward(g, qv, kv, vv, r, o);
-                      EXPECT_EQ(a.grad_score_mod.at(0).dtype(), DType::f64);
-                      return std::vector<Tensor>{a.grad_q, a.grad_k, a.grad_v,
-                                                 a.grad_score_mod.at(0)};
-                    });
+      return record(
+          "t5_attention", out, {t.q, t.k, t.v, table}, [=, r = std::move(r)](const Tensor& g) {
+            AttentionGradients a = attention_backward(g, qv, kv, vv, r, o);
+            EXPECT_EQ(a.grad_score_mod.at(0).dtype(), DType::f64);
+            return std::vector<Tensor>{a.grad_q, a.grad_k, a.grad_v, a.grad_score_mod.at(0)};
+          });
     };
     expect_gradcheck(f, {t.q, t.k, t.v, table});
   }
@@ -349,12 +348,11 @@ TEST(GradcheckAttention, GeneralAndAdditiveScoring) {
     const AttentionOptions o{.causal = Causal::bottom_right, .return_lse = true};
     AttentionResult r = general_attention(qv, kv, vv, wv, o);
     const Tensor out = r.output;
-    return record("general_attention", out, {t.q, t.k, t.v, w},
-                  [=, r = std::move(r)](const Tensor& g) {
-                    GeneralAttentionGradients a = general_attention_backward(g, qv, kv, vv, wv, r, o);
-                    return std::vector<Tensor>{a.inputs.grad_q, a.inputs.grad_k, a.inputs.grad_v,
-                                               a.grad_w};
-                  });
+    return record(
+        "general_attention", out, {t.q, t.k, t.v, w}, [=, r = std::move(r)](const Tensor& g) {
+          GeneralAttentionGradients a = general_attention_backward(g, qv, kv, vv, wv, r, o);
+          return std::vector<Tensor>{a.inputs.grad_q, a.inputs.grad_k, a.inputs.grad_v, a.grad_w};
+        });
   };
   expect_gradcheck(general, {t.q, t.k, t.v, w});
   Variable wq = leaf({4, 3}, gen), wk = leaf({4, 3}, gen), va = leaf({4}, gen);
@@ -366,14 +364,11 @@ TEST(GradcheckAttention, GeneralAndAdditiveScoring) {
       const AttentionOptions o{.score_mod = mod};
       const Tensor out = additive_attention(qv, kv, vv, weights, o).output;
       EXPECT_EQ(out.dtype(), DType::f64);
-      return record("additive_attention", out, {t.q, t.k, t.v, wq, wk, va},
-                    [=](const Tensor& g) {
-                      AdditiveAttentionGradients a =
-                          additive_attention_backward(g, qv, kv, vv, weights, o);
-                      return std::vector<Tensor>{a.inputs.grad_q, a.inputs.grad_k,
-                                                 a.inputs.grad_v, a.grad_w_q, a.grad_w_k,
-                                                 a.grad_v_a};
-                    });
+      return record("additive_attention", out, {t.q, t.k, t.v, wq, wk, va}, [=](const Tensor& g) {
+        AdditiveAttentionGradients a = additive_attention_backward(g, qv, kv, vv, weights, o);
+        return std::vector<Tensor>{a.inputs.grad_q, a.inputs.grad_k, a.inputs.grad_v,
+                                   a.grad_w_q,      a.grad_w_k,      a.grad_v_a};
+      });
     };
     expect_gradcheck(additive, {t.q, t.k, t.v, wq, wk, va});
   }
@@ -384,7 +379,8 @@ double max_difference(const Tensor& a, const Tensor& b) {
   const std::vector<double> x = a.to_values(), y = b.to_values();
   EXPECT_EQ(x.size(), y.size());
   double worst = 0;
-  for (size_t i = 0; i < x.size() && i < y.size(); ++i) worst = std::max(worst, std::abs(x[i] - y[i]));
+  for (size_t i = 0; i < x.size() && i < y.size(); ++i)
+    worst = std::max(worst, std::abs(x[i] - y[i]));
   return worst;
 }
 
@@ -394,12 +390,11 @@ TEST(GradcheckAttention, F64ModifiersAgreeWithTheFusedF32Path) {
   Generator gen(18);
   const Tensor q = randn({2, 2, 6, 4}, gen), k = randn({2, 2, 9, 4}, gen),
                v = randn({2, 2, 9, 4}, gen), table = randn({8, 2}, gen);
-  const ShawPositions shaw{.key = randn({5, 4}, gen), .value = randn({5, 4}, gen),
-                           .max_distance = 2};
+  const ShawPositions shaw{
+      .key = randn({5, 4}, gen), .value = randn({5, 4}, gen), .max_distance = 2};
   const auto f64 = [](const Tensor& x) { return x.to(DType::f64); };
-  for (const ScoreModPtr& mod :
-       {softcap_score(1.5f), alibi_score(alibi_slopes(2), 3),
-        t5_bias_score(table, {.num_buckets = 8, .max_distance = 6})}) {
+  for (const ScoreModPtr& mod : {softcap_score(1.5f), alibi_score(alibi_slopes(2), 3),
+                                 t5_bias_score(table, {.num_buckets = 8, .max_distance = 6})}) {
     const Tensor fast = qkv::attention(q, k, v, {.score_mod = mod}).output;
     const Tensor exact = qkv::attention(f64(q), f64(k), f64(v), {.score_mod = mod}).output;
     ASSERT_EQ(exact.dtype(), DType::f64);
@@ -471,7 +466,8 @@ TEST(GradcheckModules, MultiheadAttention) {
 // The configurable layer with an explicit backward (positions, kernels,
 // masks), recorded around forward() / backward() so gradcheck sees it; its
 // parameter tensors are the leaves' values (shared storage).
-void check_multihead_variant(const nn::MultiHeadAttentionConfig& config, Generator& gen) {
+void check_multihead_variant(const nn::MultiHeadAttentionConfig& config, bool is_causal,
+                             Generator& gen, const GradcheckOptions& options = kModules) {
   nn::MultiHeadAttention mha(config, gen);
   mha.to(DType::f64);
   const Variable q = leaf({2, 5, 6}, gen), k = leaf({2, 5, 6}, gen), v = leaf({2, 5, 6}, gen);
@@ -482,8 +478,11 @@ void check_multihead_variant(const nn::MultiHeadAttentionConfig& config, Generat
     names.push_back(name);
   }
   auto f = [&] {
-    const nn::MultiHeadAttentionOutput out = mha.forward(
-        {.query = q.value(), .key = k.value(), .value = v.value(), .need_weights = false});
+    const nn::MultiHeadAttentionOutput out = mha.forward({.query = q.value(),
+                                                          .key = k.value(),
+                                                          .value = v.value(),
+                                                          .is_causal = is_causal,
+                                                          .need_weights = false});
     return record("MultiHeadAttention", out.output, leaves, [&](const Tensor& g) {
       nn::MultiHeadAttentionGradients grads = mha.backward(g);
       std::vector<Tensor> all{grads.query, grads.key, grads.value};
@@ -491,7 +490,7 @@ void check_multihead_variant(const nn::MultiHeadAttentionConfig& config, Generat
       return all;
     });
   };
-  expect_gradcheck(f, leaves, kModules);
+  expect_gradcheck(f, leaves, options);
 }
 
 TEST(GradcheckModules, MultiHeadAttentionVariants) {
@@ -502,24 +501,59 @@ TEST(GradcheckModules, MultiHeadAttentionVariants) {
     change(c);
     return c;
   };
-  check_multihead_variant(base, gen);
-  check_multihead_variant(with([](auto& c) { c.mask_mod = sliding_window_mask(1, 1); }), gen);
+  check_multihead_variant(base, false, gen);
+  check_multihead_variant(with([](auto& c) { c.mask_mod = sliding_window_mask(1, 1); }), false,
+                          gen);
   check_multihead_variant(with([](auto& c) {
                             c.positions = nn::AttentionPositions::rotary;
                             c.num_heads = 3;  // an even head dim
                           }),
+                          false, gen);
+  check_multihead_variant(with([](auto& c) { c.positions = nn::AttentionPositions::alibi; }), false,
                           gen);
-  check_multihead_variant(with([](auto& c) { c.positions = nn::AttentionPositions::alibi; }), gen);
   check_multihead_variant(with([](auto& c) {
                             c.positions = nn::AttentionPositions::t5;
                             c.t5 = {.num_buckets = 6, .max_distance = 8};
                           }),
-                          gen);
+                          false, gen);
   check_multihead_variant(with([](auto& c) {
                             c.positions = nn::AttentionPositions::shaw;
                             c.shaw_max_distance = 2;
                           }),
-                          gen);
+                          false, gen);
+}
+
+TEST(GradcheckModules, MultiHeadAttentionLinearKernels) {
+  Generator gen(7);
+  const nn::MultiHeadAttentionConfig base{.embed_dim = 6, .num_heads = 2, .batch_first = true};
+  auto with = [&](auto change) {
+    nn::MultiHeadAttentionConfig c = base;
+    change(c);
+    return c;
+  };
+  for (bool per_head : {false, true}) {
+    SCOPED_TRACE(per_head ? "linformer, per-head projections" : "linformer");
+    check_multihead_variant(with([&](auto& c) {
+                              c.kernel = nn::AttentionKernel::linformer;
+                              c.max_length = 5;
+                              c.linformer_k = 3;
+                              c.linformer_per_head = per_head;
+                            }),
+                            false, gen);
+  }
+  // The layer runs Performer with eps = 1e-6, whose stabilisers cost about
+  // 2e-5 absolute here (see LinearAndPerformer): torch's default tolerances.
+  constexpr GradcheckOptions kPerformer{.max_elements = 6, .directions = 2};
+  for (bool causal : {false, true}) {
+    SCOPED_TRACE(causal ? "causal" : "non-causal");
+    check_multihead_variant(with([](auto& c) { c.kernel = nn::AttentionKernel::linear; }), causal,
+                            gen);
+    check_multihead_variant(with([](auto& c) {
+                              c.kernel = nn::AttentionKernel::performer;
+                              c.performer_features = 8;
+                            }),
+                            causal, gen, kPerformer);
+  }
 }
 
 nn::TransformerLayerConfig small_layer(bool norm_first) {
