@@ -6,9 +6,11 @@
 #include <nanobind/stl/function.h>
 
 #include <nanobind/stl/optional.h>
+#include <nanobind/stl/shared_ptr.h>
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/vector.h>
 
+#include <memory>
 #include <optional>
 #include <string>
 
@@ -181,15 +183,17 @@ void bind_autograd(nb::module_& m) {
   ag.def(
       "attention",
       [](V q, V k, V v, std::optional<double> scale, nb::handle causal, std::optional<Tensor> mask,
-         std::optional<Tensor> key_padding_mask, const std::string& layout) {
-        const AttentionOptions o =
-            make_options(scale, causal, mask, key_padding_mask, layout, 0.0, 0, nullptr, nullptr);
+         std::optional<Tensor> key_padding_mask, const std::string& layout,
+         std::shared_ptr<MaskMod> mask_mod, std::shared_ptr<ScoreMod> score_mod) {
+        const AttentionOptions o = make_options(scale, causal, mask, key_padding_mask, layout, 0.0,
+                                                0, std::move(mask_mod), std::move(score_mod));
         nb::gil_scoped_release release;
         return autograd::attention(q, k, v, o);
       },
       nb::arg("q"), nb::arg("k"), nb::arg("v"), nb::arg("scale") = nb::none(),
       nb::arg("causal") = false, nb::arg("mask") = nb::none(),
-      nb::arg("key_padding_mask") = nb::none(), nb::arg("layout") = "bhld");
+      nb::arg("key_padding_mask") = nb::none(), nb::arg("layout") = "bhld",
+      nb::arg("mask_mod").none() = nb::none(), nb::arg("score_mod").none() = nb::none());
   ag.def(
       "cross_entropy",
       [](V logits, const Tensor& targets, int64_t ignore_index, double label_smoothing,

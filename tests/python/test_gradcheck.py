@@ -33,6 +33,13 @@ def test_attention_in_f64():
     assert_passes(lambda: ag.attention(q, k, v, causal="bottom_right"), [q, k, v])
 
 
+def test_attention_with_modifiers_in_f64():
+    q, k, v = leaf([1, 2, 5, 3], 10), leaf([1, 2, 6, 3], 11), leaf([1, 2, 6, 3], 12)
+    for score_mod in [qkv.softcap_score(1.0), qkv.alibi_score(qkv.alibi_slopes(2), 1)]:
+        assert_passes(lambda: ag.attention(q, k, v, score_mod=score_mod,
+                                           mask_mod=qkv.sliding_window_mask(2, 1)), [q, k, v])
+
+
 def test_a_module_converted_to_f64():
     layer = qkv.nn.TransformerEncoderLayer(8, 2, dim_feedforward=12, dropout=0.0,
                                            batch_first=True, norm_first=True, seed=3)
