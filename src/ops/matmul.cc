@@ -35,6 +35,10 @@ struct Layout {
 struct Plan {
   dnnl::matmul primitive;
   dnnl::memory::desc a_desc, b_desc, c_desc;
+  // The primitive's temporary buffer, which each call brings (user scratchpad
+  // mode): with the library's shared one, a primitive run by two threads at
+  // once, or by a thread other than its creator, corrupts results.
+  dnnl::memory::desc scratchpad_desc;
   // Operands oneDNN cannot read in place (or only with its slow reference
   // kernel); they are made contiguous once per call.
   bool copy_a = false;
@@ -181,11 +185,14 @@ std::shared_ptr<Plan> build_plan(const Tensor& a, const Tensor& b, const Shape& 
     plan->b_desc = detail::onednn::strided_desc(l.b.dims, l.b.strides, b.dtype(), "matmul");
     plan->c_desc = detail::onednn::strided_desc(l.c.dims, l.c.strides, DType::f32, "matmul");
     try {
+      dnnl::primitive_attr attr;
+      attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
       dnnl::matmul::primitive_desc pd(
-          dnnl::matmul::desc(plan->a_desc, plan->b_desc, plan->c_desc), engine);
+          dnnl::matmul::desc(plan->a_desc, plan->b_desc, plan->c_desc), attr, engine);
       const bool copies_would_help = attempt == 0 && (can_copy_a || can_copy_b);
       if (is_reference_impl(pd) && copies_would_help) continue;
       plan->primitive = dnnl::matmul(pd);
+      plan->scratchpad_desc = pd.scratchpad_desc();
     } catch (const dnnl::error& e) {
       last_error = e.what();
       continue;
@@ -352,11 +359,15 @@ void run(Product p, const Tensor& out) {
   dnnl::memory a_mem(plan->a_desc, engine, a_run.raw_data());
   dnnl::memory b_mem(plan->b_desc, engine, b_run.raw_data());
   dnnl::memory c_mem(plan->c_desc, engine, out.raw_data());
+  dnnl::memory scratchpad_mem(plan->scratchpad_desc, engine,
+                              detail::onednn::scratchpad(plan->scratchpad_desc.get_size()));
   detail::sync_openmp_threads();
   dnnl::stream& stream = detail::onednn::cpu_stream();
   try {
-    plan->primitive.execute(
-        stream, {{DNNL_ARG_SRC, a_mem}, {DNNL_ARG_WEIGHTS, b_mem}, {DNNL_ARG_DST, c_mem}});
+    plan->primitive.execute(stream, {{DNNL_ARG_SRC, a_mem},
+                                     {DNNL_ARG_WEIGHTS, b_mem},
+                                     {DNNL_ARG_DST, c_mem},
+                                     {DNNL_ARG_SCRATCHPAD, scratchpad_mem}});
     stream.wait();
   } catch (const dnnl::error& e) {
     throw Error(detail::str("matmul: oneDNN failed on a ", shape_string(a.shape()), " x b ",

@@ -3,9 +3,12 @@
 // every validation error.
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <cmath>
 #include <functional>
 #include <string>
+#include <thread>
+#include <tuple>
 #include <vector>
 
 #include "qkv/qkv.h"
@@ -231,6 +234,38 @@ TEST(Matmul, PrimitiveCacheReusesShapes) {
   EXPECT_EQ(matmul_primitive_count(), count + 3);
   matmul(a.slice(0, 0, 12), b);
   EXPECT_EQ(matmul_primitive_count(), count + 3);
+}
+
+// One cached primitive runs on every thread that calls matmul at once (two
+// Python threads generating with one model, say): each call brings its own
+// scratchpad, so concurrent calls give the single-threaded bits.
+TEST(Matmul, ConcurrentCallsFromManyThreadsAgree) {
+  struct Case {
+    Tensor a, b;
+    MatmulOptions options;
+    std::vector<double> want;
+  };
+  std::vector<Case> cases;
+  int seed = 40;
+  for (DType dtype : {DType::f32, DType::bf16})
+    for (const auto& [m, k, n] : {std::tuple{1, 384, 1152}, {7, 384, 384}, {64, 1536, 384},
+                                  {3, 4096, 96}, {257, 64, 65}}) {
+      Case c{random({m, k}, dtype, seed++), random({n, k}, dtype, seed++), {.transpose_b = true}};
+      c.want = matmul(c.a, c.b, c.options).to_values();
+      cases.push_back(std::move(c));
+    }
+  std::atomic<int> mismatches{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t)
+    threads.emplace_back([&, t] {
+      for (int round = 0; round < 30; ++round)
+        for (size_t i = 0; i < cases.size(); ++i) {
+          const Case& c = cases[(i + t) % cases.size()];
+          if (matmul(c.a, c.b, c.options).to_values() != c.want) ++mismatches;
+        }
+    });
+  for (std::thread& t : threads) t.join();
+  EXPECT_EQ(mismatches.load(), 0);
 }
 
 TEST(Matmul, IntoReusesTheBuffer) {

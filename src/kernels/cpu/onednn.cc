@@ -1,5 +1,8 @@
 #include "kernels/cpu/onednn.h"
 
+#include <cstdlib>
+#include <memory>
+
 #include "qkv/error.h"
 
 namespace qkv::detail::onednn {
@@ -12,6 +15,23 @@ const dnnl::engine& cpu_engine() {
 dnnl::stream& cpu_stream() {
   thread_local dnnl::stream stream(cpu_engine());
   return stream;
+}
+
+void* scratchpad(size_t bytes) {
+  struct Free {
+    void operator()(void* p) const { std::free(p); }
+  };
+  thread_local std::unique_ptr<void, Free> buffer;
+  thread_local size_t capacity = 0;
+  if (bytes > capacity) {
+    constexpr size_t kAlign = 64;
+    const size_t rounded = (bytes + kAlign - 1) / kAlign * kAlign;
+    buffer.reset(std::aligned_alloc(kAlign, rounded));
+    QKV_CHECK(buffer != nullptr, "matmul: cannot allocate a ", rounded,
+              "-byte oneDNN scratchpad");
+    capacity = rounded;
+  }
+  return buffer.get();
 }
 
 dnnl::memory::data_type data_type(DType dtype, const char* op) {

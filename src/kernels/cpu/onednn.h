@@ -5,6 +5,7 @@
 
 #include <oneapi/dnnl/dnnl.hpp>
 
+#include <cstddef>
 #include <string>
 
 #include "qkv/tensor.h"
@@ -17,6 +18,11 @@ const dnnl::engine& cpu_engine();
 // A stream for the calling thread: oneDNN streams are not meant to be shared
 // by threads that submit at the same time, and a CPU stream costs nothing.
 dnnl::stream& cpu_stream();
+
+// The calling thread's scratchpad of at least `bytes` bytes (64-byte aligned;
+// grown on demand, kept for the thread's later calls): primitives run in user
+// scratchpad mode so that one cached primitive can serve many threads.
+void* scratchpad(size_t bytes);
 
 // oneDNN's data type for `dtype`; throws qkv::Error (naming `op`) for dtypes
 // oneDNN has no type for.
