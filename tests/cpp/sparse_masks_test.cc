@@ -325,12 +325,16 @@ TEST(SparseMasks, FusedAttentionEqualsTheDenseMask) {
   const std::pair<int64_t, int64_t> sizes[] = {{1, 1},     {7, 7},     {200, 200},
                                                {333, 200}, {200, 333}, {1, 1000}};
   uint64_t seed = 1;
-  for (const auto& [lq, lk] : sizes)
+  for (const auto& [lq, lk] : sizes) {
+    // Under the sanitizers, Lq > Lk is left to the release run (Lq < Lk and
+    // the square sizes cover the same tiles).
+    if (qkv::test_support::kSanitized && lq > lk && lk > 1) continue;
     for (const Named& m : masks(std::max(lq, lk))) {  // fresh masks: BigBird binds to its Lk
       empty_rows += check_against_reference(m.mask, lq, lk, DType::f32, seed++, m.name);
       ++cases;
       if (::testing::Test::HasFatalFailure()) return;
     }
+  }
   // L = 1000 and bf16 inputs: one parameter set of each family (release run only).
   for (const DType dtype : {DType::f32, DType::bf16}) {
     if (qkv::test_support::kSanitized) break;
