@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "qkv/attention.h"
+#include "qkv/linear_attention.h"
 #include "qkv/losses.h"
 #include "qkv/matmul.h"
 #include "qkv/ops.h"
@@ -213,6 +214,30 @@ Variable mean(const Variable& x, int64_t dim, bool keepdim = false);
 // The fused attention (forward with its log-sum-exp, fused backward).
 Variable attention(const Variable& q, const Variable& k, const Variable& v,
                    const AttentionOptions& options = {});
+// The attention variants with learned tensors (qkv/positions.h,
+// qkv/linear_attention.h) as ops: the forward, and the explicit backward
+// recorded with the learned tensors as inputs (qkv::autograd::gradcheck
+// checks each in f64).
+// T5's bucketed bias, table [num_buckets, H] learned; options.score_mod, if
+// any, applies after it.
+Variable t5_attention(const Variable& q, const Variable& k, const Variable& v,
+                      const Variable& table, const T5BiasOptions& t5 = {},
+                      const AttentionOptions& options = {});
+// Shaw et al.'s relative keys a^K [2k + 1, D] and values a^V [2k + 1, Dv],
+// either undefined for no such term.
+Variable shaw_attention(const Variable& q, const Variable& k, const Variable& v,
+                        const Variable& relative_key, const Variable& relative_value,
+                        int64_t max_distance, const AttentionOptions& options = {},
+                        int64_t query_offset = 0);
+// [B, H, L, D] only; e, f: [k, n] or [H, k, n] learned projections.
+Variable linformer_attention(const Variable& q, const Variable& k, const Variable& v,
+                             const Variable& e, const Variable& f,
+                             const AttentionOptions& options = {});
+Variable linear_attention(const Variable& q, const Variable& k, const Variable& v,
+                          const LinearAttentionOptions& options = {});
+// w: performer_projection's fixed features (no gradient).
+Variable performer_attention(const Variable& q, const Variable& k, const Variable& v,
+                             const Tensor& w, const LinearAttentionOptions& options = {});
 // Rotary position embedding of q or k (qkv::rotary_embedding, either layout);
 // the gradient is rotated back by the negative angles (the rotation is
 // orthogonal). f32 result.

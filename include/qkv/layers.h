@@ -13,10 +13,13 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <optional>
+#include <string>
 #include <vector>
 
+#include "qkv/attention_variant.h"
 #include "qkv/autograd.h"
 #include "qkv/module.h"
 #include "qkv/tensor.h"
@@ -173,7 +176,11 @@ struct AttentionMasks {
 // parameters: "in_proj_weight" [3E, E] (or "q_proj_weight", "k_proj_weight",
 // "v_proj_weight" when kdim / vdim differ from E), "in_proj_bias",
 // "out_proj.weight", "out_proj.bias"; Xavier-uniform projections, zero biases.
-struct AttentionConfig {
+// Any attention variant (qkv/attention_variant.h, the base: config.positions,
+// config.kernel, ...) adds its learned tensors under nn::MultiHeadAttention's
+// names ("relative_attention_bias.weight", "relative_key", "relative_value",
+// "linformer_e", "linformer_f"), drawn after torch's parameters.
+struct AttentionConfig : AttentionVariant {
   int64_t embed_dim = 0;
   int64_t num_heads = 1;
   double dropout = 0.0;  // on the attention weights, in training mode
@@ -208,11 +215,18 @@ class Attention : public Module {
   WithWeights run(const autograd::Variable& query, const autograd::Variable& key,
                   const autograd::Variable& value, const AttentionMasks& masks, bool weights,
                   bool average);
+  // The heads' attention of the variant: q, k, v [B, L, H, Dh] -> [B, Lq, H, Dh];
+  // with `weights`, also the weights of every head [B, H, Lq, Lk] (no gradient).
+  autograd::Variable attend(const autograd::Variable& q, const autograd::Variable& k,
+                            const autograd::Variable& v, AttentionOptions options,
+                            Tensor* weights);
   AttentionConfig config_;
   autograd::Variable in_proj_weight_, q_proj_weight_, k_proj_weight_, v_proj_weight_;
   autograd::Variable in_proj_bias_;
   std::shared_ptr<Linear> out_proj_;
   Generator dropout_generator_;
+  std::map<std::string, autograd::Variable> variant_;  // the variant's learned tensors
+  Tensor performer_projection_;                        // [m, Dh], performer only
 };
 
 // torch.nn.TransformerEncoderLayer / TransformerDecoderLayer (Vaswani et al.
@@ -229,6 +243,9 @@ struct TransformerLayerConfig {
   bool batch_first = false;
   bool norm_first = false;
   bool bias = true;
+  // The self-attention's variant (qkv/attention_variant.h): ALiBi, T5, Shaw or
+  // rotary positions, a linear kernel, a mask_mod. Cross-attention stays plain.
+  AttentionVariant self_attention;
 };
 
 class TransformerEncoderLayer : public Module {
@@ -314,6 +331,8 @@ struct TransformerConfig {
   bool batch_first = false;
   bool norm_first = false;
   bool bias = true;
+  // Every encoder and decoder layer's self-attention variant (TransformerLayerConfig).
+  AttentionVariant self_attention;
 };
 
 // torch.nn.Transformer.forward's masks (memory_mask: [Lt, Ls]).

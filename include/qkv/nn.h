@@ -1,5 +1,6 @@
-// Layers built on the attention core. For now: multi-head attention with an
-// explicit backward (the autograd issue will put a tape around it).
+// Multi-head attention with an explicit backward and every attention variant
+// (qkv/attention_variant.h). nn::Attention (qkv/layers.h) is the same layer
+// under autograd, for training.
 #pragma once
 
 #include <cstdint>
@@ -7,32 +8,16 @@
 #include <string>
 
 #include "qkv/attention.h"
+#include "qkv/attention_variant.h"
 #include "qkv/linear_attention.h"
 #include "qkv/positions.h"
 #include "qkv/tensor.h"
 
 namespace qkv::nn {
 
-// Relative positional information inside the attention (SPEC §2). Absolute
-// encodings (sinusoidal, learned) are added to the inputs, outside the layer.
-enum class AttentionPositions {
-  none,
-  alibi,   // the paper's slopes for num_heads
-  t5,      // learned "relative_attention_bias.weight" [num_buckets, num_heads]
-  rotary,  // q and k rotated (RoPE)
-  shaw,    // learned "relative_key" / "relative_value" [2k + 1, head_dim]
-};
-
-// What computes the heads' mixing (SPEC §3). Mask-defined variants (windows,
-// sparse patterns, BigBird, Longformer) stay softmax with a mask_mod.
-enum class AttentionKernel {
-  softmax,    // exact, fused
-  linformer,  // learned "linformer_e" / "linformer_f" projecting max_length -> linformer_k
-  linear,     // elu + 1 feature map (causal by prefix sums)
-  performer,  // FAVOR+ positive orthogonal random features (not learned; redraw_features)
-};
-
-struct MultiHeadAttentionConfig {
+// The variant (mask_mod, positions, kernel and their options) is the base's:
+// config.positions, config.kernel, ...
+struct MultiHeadAttentionConfig : AttentionVariant {
   int64_t embed_dim = 0;
   int64_t num_heads = 1;
   bool bias = true;
@@ -40,20 +25,6 @@ struct MultiHeadAttentionConfig {
   int64_t vdim = 0;  // 0: embed_dim
   bool batch_first = false;
   double dropout = 0.0;  // on the attention weights, in training mode
-
-  // Efficient attention by mask (qkv/sparse_masks.h, qkv/modifiers.h): hidden
-  // pairs never attended, hidden blocks never computed. Softmax kernel only.
-  MaskModPtr mask_mod;
-  AttentionPositions positions = AttentionPositions::none;
-  T5BiasOptions t5;                // positions == t5 (query_offset ignored)
-  int64_t shaw_max_distance = 16;  // positions == shaw: the clipping distance k
-  RotaryOptions rotary;            // positions == rotary (layout and offset ignored)
-  AttentionKernel kernel = AttentionKernel::softmax;
-  int64_t max_length = 0;            // linformer: the key length n its projections take
-  int64_t linformer_k = 256;         // linformer: the projected length
-  bool linformer_per_head = false;   // linformer: [H, k, n] projections instead of shared [k, n]
-  int64_t performer_features = 256;  // performer: random features m
-  uint64_t performer_seed = 0;       // performer: the first draw
 };
 
 struct MultiHeadAttentionInputs {

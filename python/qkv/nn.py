@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from ._qkv.nn import (  # noqa: F401
     AttentionPoolingClassifier,
+    AttentionVariant,
     Dropout,
     Embedding,
     FeedForward,

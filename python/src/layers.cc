@@ -36,7 +36,8 @@ Tensor or_empty(const OptTensor& t) {
 nn::TransformerLayerConfig layer_config(int64_t d_model, int64_t nhead, int64_t dim_feedforward,
                                         double dropout, const std::string& activation,
                                         double layer_norm_eps, bool batch_first, bool norm_first,
-                                        bool bias) {
+                                        bool bias,
+                                        const std::optional<nn::AttentionVariant>& self_attention) {
   return {.d_model = d_model,
           .nhead = nhead,
           .dim_feedforward = dim_feedforward,
@@ -45,7 +46,8 @@ nn::TransformerLayerConfig layer_config(int64_t d_model, int64_t nhead, int64_t 
           .layer_norm_eps = layer_norm_eps,
           .batch_first = batch_first,
           .norm_first = norm_first,
-          .bias = bias};
+          .bias = bias,
+          .self_attention = self_attention.value_or(nn::AttentionVariant{})};
 }
 
 // The keyword arguments of torch's layer constructors.
@@ -53,7 +55,8 @@ nn::TransformerLayerConfig layer_config(int64_t d_model, int64_t nhead, int64_t 
   nb::arg("d_model"), nb::arg("nhead"),                                                            \
       nb::arg("dim_feedforward") = 2048, nb::arg("dropout") = 0.1, nb::arg("activation") = "relu", \
       nb::arg("layer_norm_eps") = 1e-5, nb::arg("batch_first") = false,                            \
-      nb::arg("norm_first") = false, nb::arg("bias") = true, nb::arg("seed") = 0
+      nb::arg("norm_first") = false, nb::arg("bias") = true, nb::arg("seed") = 0,                 \
+      nb::arg("self_attention").none() = nb::none()
 
 template <class M>
 nb::class_<M, nn::Module> module_class(nb::module_& m, const char* name, const char* doc) {
@@ -68,6 +71,7 @@ nb::class_<M, nn::Module> module_class(nb::module_& m, const char* name, const c
 
 void bind_layers(nb::module_& m) {
   nb::module_ mod = m.def_submodule("nn", "Transformer layers on qkv.autograd (qkv/layers.h).");
+  bind_attention_variant(mod);
 
   nb::class_<nn::Module>(mod, "Module",
                          "Parameters named like torch's state_dict keys; train / eval.")
@@ -195,15 +199,22 @@ void bind_layers(nb::module_& m) {
           "__init__",
           [](nn::Attention* self, int64_t embed_dim, int64_t num_heads, double dropout, bool bias,
              std::optional<int64_t> kdim, std::optional<int64_t> vdim, bool batch_first,
-             uint64_t seed) {
+             uint64_t seed, std::optional<nn::AttentionVariant> variant) {
             Generator g(seed);
-            new (self) nn::Attention({embed_dim, num_heads, dropout, bias, kdim.value_or(0),
-                                      vdim.value_or(0), batch_first},
-                                     g);
+            nn::AttentionConfig c{.embed_dim = embed_dim,
+                                  .num_heads = num_heads,
+                                  .dropout = dropout,
+                                  .bias = bias,
+                                  .kdim = kdim.value_or(0),
+                                  .vdim = vdim.value_or(0),
+                                  .batch_first = batch_first};
+            if (variant) static_cast<nn::AttentionVariant&>(c) = *variant;
+            new (self) nn::Attention(c, g);
           },
           nb::arg("embed_dim"), nb::arg("num_heads"), nb::arg("dropout") = 0.0,
           nb::arg("bias") = true, nb::arg("kdim") = nb::none(), nb::arg("vdim") = nb::none(),
-          nb::arg("batch_first") = false, nb::arg("seed") = 0)
+          nb::arg("batch_first") = false, nb::arg("seed") = 0,
+          nb::arg("variant").none() = nb::none())
       .def(
           "forward",
           [](nn::Attention& a, const Variable& query, const Variable& key, const Variable& value,
@@ -234,11 +245,11 @@ void bind_layers(nb::module_& m) {
           "__init__",
           [](nn::TransformerEncoderLayer* self, int64_t d_model, int64_t nhead, int64_t ff,
              double dropout, const std::string& act, double eps, bool batch_first, bool norm_first,
-             bool bias, uint64_t seed) {
+             bool bias, uint64_t seed, std::optional<nn::AttentionVariant> self_attention) {
             Generator g(seed);
-            new (self) nn::TransformerEncoderLayer(
-                layer_config(d_model, nhead, ff, dropout, act, eps, batch_first, norm_first, bias),
-                g);
+            new (self) nn::TransformerEncoderLayer(layer_config(d_model, nhead, ff, dropout, act, eps, batch_first,
+                                               norm_first, bias, self_attention),
+                                  g);
           },
           QKV_LAYER_ARGS)
       .def(
@@ -257,11 +268,11 @@ void bind_layers(nb::module_& m) {
           "__init__",
           [](nn::TransformerDecoderLayer* self, int64_t d_model, int64_t nhead, int64_t ff,
              double dropout, const std::string& act, double eps, bool batch_first, bool norm_first,
-             bool bias, uint64_t seed) {
+             bool bias, uint64_t seed, std::optional<nn::AttentionVariant> self_attention) {
             Generator g(seed);
-            new (self) nn::TransformerDecoderLayer(
-                layer_config(d_model, nhead, ff, dropout, act, eps, batch_first, norm_first, bias),
-                g);
+            new (self) nn::TransformerDecoderLayer(layer_config(d_model, nhead, ff, dropout, act, eps, batch_first,
+                                               norm_first, bias, self_attention),
+                                  g);
           },
           QKV_LAYER_ARGS)
       .def(
@@ -333,7 +344,8 @@ void bind_layers(nb::module_& m) {
           "__init__",
           [](nn::Transformer* self, int64_t d_model, int64_t nhead, int64_t enc, int64_t dec,
              int64_t ff, double dropout, const std::string& act, double eps, bool batch_first,
-             bool norm_first, bool bias, uint64_t seed) {
+             bool norm_first, bool bias, uint64_t seed,
+             std::optional<nn::AttentionVariant> self_attention) {
             Generator g(seed);
             new (self) nn::Transformer({.d_model = d_model,
                                         .nhead = nhead,
@@ -345,14 +357,17 @@ void bind_layers(nb::module_& m) {
                                         .layer_norm_eps = eps,
                                         .batch_first = batch_first,
                                         .norm_first = norm_first,
-                                        .bias = bias},
+                                        .bias = bias,
+                                        .self_attention = self_attention.value_or(
+                                            nn::AttentionVariant{})},
                                        g);
           },
           nb::arg("d_model") = 512, nb::arg("nhead") = 8, nb::arg("num_encoder_layers") = 6,
           nb::arg("num_decoder_layers") = 6, nb::arg("dim_feedforward") = 2048,
           nb::arg("dropout") = 0.1, nb::arg("activation") = "relu",
           nb::arg("layer_norm_eps") = 1e-5, nb::arg("batch_first") = false,
-          nb::arg("norm_first") = false, nb::arg("bias") = true, nb::arg("seed") = 0)
+          nb::arg("norm_first") = false, nb::arg("bias") = true, nb::arg("seed") = 0,
+          nb::arg("self_attention").none() = nb::none())
       .def(
           "forward",
           [](nn::Transformer& t, const Variable& src, const Variable& tgt, OptTensor src_mask,

@@ -46,7 +46,64 @@ nn::AttentionKernel parse_kernel(const std::string& s) {
                   s, "'"));
 }
 
+// The variant of qkv.MultiheadAttention's and qkv.nn.AttentionVariant's
+// keywords (qkv/attention_variant.h).
+nn::AttentionVariant variant_of(std::shared_ptr<MaskMod> mask_mod, const std::string& positions,
+                                int64_t t5_num_buckets, int64_t t5_max_distance,
+                                bool t5_bidirectional, int64_t shaw_max_distance,
+                                double rotary_base, const std::string& kernel, int64_t max_length,
+                                int64_t linformer_k, bool linformer_per_head,
+                                int64_t performer_features, uint64_t performer_seed) {
+  nn::AttentionVariant v;
+  v.mask_mod = std::move(mask_mod);
+  v.positions = parse_positions(positions);
+  v.t5 = {.bidirectional = t5_bidirectional,
+          .num_buckets = t5_num_buckets,
+          .max_distance = t5_max_distance};
+  v.shaw_max_distance = shaw_max_distance;
+  v.rotary.base = rotary_base;
+  v.kernel = parse_kernel(kernel);
+  v.max_length = max_length;
+  v.linformer_k = linformer_k;
+  v.linformer_per_head = linformer_per_head;
+  v.performer_features = performer_features;
+  v.performer_seed = performer_seed;
+  return v;
+}
+
+#define QKV_VARIANT_ARGS                                                                       \
+  nb::arg("mask_mod").none() = nb::none(), nb::arg("positions") = "none",                      \
+      nb::arg("t5_num_buckets") = 32, nb::arg("t5_max_distance") = 128,                        \
+      nb::arg("t5_bidirectional") = true, nb::arg("shaw_max_distance") = 16,                   \
+      nb::arg("rotary_base") = 10000.0, nb::arg("kernel") = "softmax",                         \
+      nb::arg("max_length") = 0, nb::arg("linformer_k") = 256,                                 \
+      nb::arg("linformer_per_head") = false, nb::arg("performer_features") = 256,              \
+      nb::arg("performer_seed") = 0
+
 }  // namespace
+
+void bind_attention_variant(nb::module_& m) {
+  nb::class_<nn::AttentionVariant>(
+      m, "AttentionVariant",
+      "An attention variant (SPEC §2-3) for qkv.nn.MultiheadAttention(variant=...) and the "
+      "layers' self_attention=...: mask_mod (a qkv.MaskMod); positions 'alibi', 't5' (learned "
+      "relative_attention_bias.weight), 'rotary' or 'shaw' (learned relative_key / "
+      "relative_value); kernel 'linformer' (learned linformer_e / linformer_f over max_length "
+      "keys), 'linear' (elu + 1) or 'performer' (FAVOR+). Learned tensors train with the rest.")
+      .def(
+          "__init__",
+          [](nn::AttentionVariant* self, std::shared_ptr<MaskMod> mask_mod,
+             const std::string& positions, int64_t t5_num_buckets, int64_t t5_max_distance,
+             bool t5_bidirectional, int64_t shaw_max_distance, double rotary_base,
+             const std::string& kernel, int64_t max_length, int64_t linformer_k,
+             bool linformer_per_head, int64_t performer_features, uint64_t performer_seed) {
+            new (self) nn::AttentionVariant(variant_of(
+                std::move(mask_mod), positions, t5_num_buckets, t5_max_distance, t5_bidirectional,
+                shaw_max_distance, rotary_base, kernel, max_length, linformer_k,
+                linformer_per_head, performer_features, performer_seed));
+          },
+          QKV_VARIANT_ARGS);
+}
 
 void bind_nn(nb::module_& m) {
   nb::class_<PyMultiheadAttention>(m, "MultiheadAttention",
@@ -68,31 +125,15 @@ void bind_nn(nb::module_& m) {
                                            .vdim = vdim.value_or(0),
                                            .batch_first = batch_first,
                                            .dropout = dropout};
-            c.mask_mod = std::move(mask_mod);
-            c.positions = parse_positions(positions);
-            c.t5 = {.bidirectional = t5_bidirectional,
-                    .num_buckets = t5_num_buckets,
-                    .max_distance = t5_max_distance};
-            c.shaw_max_distance = shaw_max_distance;
-            c.rotary.base = rotary_base;
-            c.kernel = parse_kernel(kernel);
-            c.max_length = max_length;
-            c.linformer_k = linformer_k;
-            c.linformer_per_head = linformer_per_head;
-            c.performer_features = performer_features;
-            c.performer_seed = performer_seed;
+            static_cast<nn::AttentionVariant&>(c) = variant_of(
+                std::move(mask_mod), positions, t5_num_buckets, t5_max_distance, t5_bidirectional,
+                shaw_max_distance, rotary_base, kernel, max_length, linformer_k,
+                linformer_per_head, performer_features, performer_seed);
             new (self) PyMultiheadAttention(c, seed);
           },
           nb::arg("embed_dim"), nb::arg("num_heads"), nb::arg("dropout") = 0.0,
           nb::arg("bias") = true, nb::arg("kdim") = nb::none(), nb::arg("vdim") = nb::none(),
-          nb::arg("batch_first") = false, nb::arg("seed") = 0,
-          nb::arg("mask_mod").none() = nb::none(), nb::arg("positions") = "none",
-          nb::arg("t5_num_buckets") = 32, nb::arg("t5_max_distance") = 128,
-          nb::arg("t5_bidirectional") = true, nb::arg("shaw_max_distance") = 16,
-          nb::arg("rotary_base") = 10000.0, nb::arg("kernel") = "softmax",
-          nb::arg("max_length") = 0, nb::arg("linformer_k") = 256,
-          nb::arg("linformer_per_head") = false, nb::arg("performer_features") = 256,
-          nb::arg("performer_seed") = 0,
+          nb::arg("batch_first") = false, nb::arg("seed") = 0, QKV_VARIANT_ARGS,
           "torch.nn.MultiheadAttention's arguments, plus the variants of SPEC §2-3: mask_mod "
           "(a qkv.MaskMod: sliding window, sparse patterns, BigBird, Longformer, ...); "
           "positions 'alibi', 't5' (learned relative_attention_bias.weight), 'rotary' or "

@@ -353,6 +353,83 @@ Variable attention(const Variable& q_in, const Variable& k_in, const Variable& v
       });
 }
 
+Variable t5_attention(const Variable& q_in, const Variable& k_in, const Variable& v_in,
+                      const Variable& table, const T5BiasOptions& t5,
+                      const AttentionOptions& options) {
+  const Variable q = autocast(q_in), k = autocast(k_in), v = autocast(v_in);
+  AttentionOptions o = options;
+  const ScoreModPtr bias = t5_bias_score(table.value(), t5);
+  o.score_mod = options.score_mod ? score_chain(bias, options.score_mod) : bias;
+  o.return_lse = true;
+  o.weights_heads.clear();
+  AttentionResult r = qkv::attention(q.value(), k.value(), v.value(), o);
+  const Tensor out = r.output;
+  return record(
+      "t5_attention", out, {q, k, v, table},
+      [qv = q.value(), kv = k.value(), vv = v.value(), saved = std::move(r), o](const Tensor& g) {
+        AttentionGradients a = attention_backward(g, qv, kv, vv, saved, o);
+        // The table's gradient comes first: t5's modifier is the chain's first.
+        return std::vector<Tensor>{a.grad_q, a.grad_k, a.grad_v, a.grad_score_mod.at(0)};
+      });
+}
+
+Variable shaw_attention(const Variable& q_in, const Variable& k_in, const Variable& v_in,
+                        const Variable& relative_key, const Variable& relative_value,
+                        int64_t max_distance, const AttentionOptions& options,
+                        int64_t query_offset) {
+  const Variable q = autocast(q_in), k = autocast(k_in), v = autocast(v_in);
+  const ShawPositions positions{.key = value_of(relative_key),
+                                .value = value_of(relative_value),
+                                .max_distance = max_distance,
+                                .query_offset = query_offset};
+  AttentionOptions o = options;
+  o.weights_heads.clear();
+  ShawResult r = qkv::shaw_attention(q.value(), k.value(), v.value(), positions, o);
+  const Tensor out = r.attention.output;
+  return record("shaw_attention", out, {q, k, v, relative_key, relative_value},
+                [qv = q.value(), kv = k.value(), vv = v.value(), positions, saved = std::move(r),
+                 o](const Tensor& g) {
+                  ShawGradients s = shaw_attention_backward(g, qv, kv, vv, positions, saved, o);
+                  return std::vector<Tensor>{s.attention.grad_q, s.attention.grad_k,
+                                             s.attention.grad_v, s.grad_key, s.grad_value};
+                });
+}
+
+Variable linformer_attention(const Variable& q, const Variable& k, const Variable& v,
+                             const Variable& e, const Variable& f,
+                             const AttentionOptions& options) {
+  AttentionResult r =
+      qkv::linformer_attention(q.value(), k.value(), v.value(), e.value(), f.value(), options);
+  const Tensor out = r.output;
+  return record("linformer_attention", out, {q, k, v, e, f},
+                [qv = q.value(), kv = k.value(), vv = v.value(), ev = e.value(), fv = f.value(),
+                 saved = std::move(r), options](const Tensor& g) {
+                  LinformerGradients l =
+                      linformer_attention_backward(g, qv, kv, vv, ev, fv, saved, options);
+                  return std::vector<Tensor>{l.grad_q, l.grad_k, l.grad_v, l.grad_e, l.grad_f};
+                });
+}
+
+Variable linear_attention(const Variable& q, const Variable& k, const Variable& v,
+                          const LinearAttentionOptions& options) {
+  return record("linear_attention", qkv::linear_attention(q.value(), k.value(), v.value(), options),
+                {q, k, v},
+                [qv = q.value(), kv = k.value(), vv = v.value(), options](const Tensor& g) {
+                  LinearAttentionGradients l = linear_attention_backward(g, qv, kv, vv, options);
+                  return std::vector<Tensor>{l.grad_q, l.grad_k, l.grad_v};
+                });
+}
+
+Variable performer_attention(const Variable& q, const Variable& k, const Variable& v,
+                             const Tensor& w, const LinearAttentionOptions& options) {
+  return record(
+      "performer_attention", qkv::performer_attention(q.value(), k.value(), v.value(), w, options),
+      {q, k, v}, [qv = q.value(), kv = k.value(), vv = v.value(), w, options](const Tensor& g) {
+        LinearAttentionGradients l = performer_attention_backward(g, qv, kv, vv, w, options);
+        return std::vector<Tensor>{l.grad_q, l.grad_k, l.grad_v};
+      });
+}
+
 Variable rotary_embedding(const Variable& x, const RotaryOptions& options) {
   return record("rotary_embedding", qkv::rotary_embedding(x.value(), options), {x},
                 [options](const Tensor& g) {

@@ -3,6 +3,7 @@
 // views (no copies) for the fused attention, and an explicit backward.
 #include <cmath>
 
+#include "nn/attention_variant.h"
 #include "nn/state_dict.h"
 #include "qkv/linear_attention.h"
 #include "qkv/matmul.h"
@@ -53,22 +54,6 @@ Tensor swap_heads(const Tensor& t) {
   return t.permute({0, 2, 1, 3});
 }
 
-const char* kernel_name(AttentionKernel k) {
-  switch (k) {
-    case AttentionKernel::softmax: return "softmax";
-    case AttentionKernel::linformer: return "linformer";
-    case AttentionKernel::linear: return "linear";
-    case AttentionKernel::performer: return "performer";
-  }
-  return "?";
-}
-
-RotaryOptions rotary_for_heads(RotaryOptions r) {
-  r.layout = AttentionLayout::blhd;
-  r.offset = 0;
-  return r;
-}
-
 }  // namespace
 
 MultiHeadAttention::MultiHeadAttention(const MultiHeadAttentionConfig& config, Generator& generator)
@@ -103,53 +88,15 @@ MultiHeadAttention::MultiHeadAttention(const MultiHeadAttentionConfig& config, G
 }
 
 void MultiHeadAttention::init_variant(Generator& generator) {
-  const char* op = "MultiHeadAttention";
-  const int64_t e = config_.embed_dim, h = config_.num_heads, dh = e / h;
-  const bool softmax = config_.kernel == AttentionKernel::softmax;
-  QKV_CHECK(softmax || !config_.mask_mod, op, ": a mask_mod needs the softmax kernel, not ",
-            kernel_name(config_.kernel));
-  const AttentionPositions p = config_.positions;
-  QKV_CHECK(softmax || p == AttentionPositions::none || p == AttentionPositions::rotary, op,
-            ": ALiBi, T5 and Shaw positions need the softmax kernel, not ",
-            kernel_name(config_.kernel));
-  // T5 initialises its bucket table N(0, d_model^-1/2) (transformers'
-  // T5PreTrainedModel); Shaw's tables and Linformer's projections likewise
-  // N(0, 1 / fan): neither paper fixes one.
-  if (p == AttentionPositions::t5) {
-    T5BiasOptions t = config_.t5;
-    t.query_offset = 0;
-    t5_relative_bucket(0, t);  // validates the options
-    parameters_["relative_attention_bias.weight"] =
-        scale(randn({t.num_buckets, h}, generator), 1.0 / std::sqrt(static_cast<double>(e)));
-  }
-  if (p == AttentionPositions::shaw) {
-    const int64_t k = config_.shaw_max_distance;
-    QKV_CHECK(k >= 1, op, ": shaw_max_distance must be >= 1, got ", k);
-    QKV_CHECK(config_.vdim == e, op, ": Shaw positions need vdim == embed_dim");
-    const double std = 1.0 / std::sqrt(static_cast<double>(dh));
-    parameters_["relative_key"] = scale(randn({2 * k + 1, dh}, generator), std);
-    parameters_["relative_value"] = scale(randn({2 * k + 1, dh}, generator), std);
-  }
-  if (config_.kernel == AttentionKernel::linformer) {
-    const int64_t n = config_.max_length, k = config_.linformer_k;
-    QKV_CHECK(n > 0 && k > 0, op, ": linformer needs max_length > 0 and linformer_k > 0, got ", n,
-              " and ", k);
-    const Shape shape = config_.linformer_per_head ? Shape{h, k, n} : Shape{k, n};
-    const double std = 1.0 / std::sqrt(static_cast<double>(k));
-    parameters_["linformer_e"] = scale(randn(shape, generator), std);
-    parameters_["linformer_f"] = scale(randn(shape, generator), std);
-  }
-  if (config_.kernel == AttentionKernel::performer) {
-    QKV_CHECK(config_.performer_features > 0, op, ": performer_features must be > 0, got ",
-              config_.performer_features);
-    performer_projection_ =
-        performer_projection(config_.performer_features, dh, config_.performer_seed);
-  }
+  detail::VariantTensors variant = detail::make_variant(
+      config_, config_.embed_dim, config_.num_heads, config_.vdim, generator, "MultiHeadAttention");
+  for (auto& [name, t] : variant.learned) parameters_[name] = std::move(t);
+  performer_projection_ = std::move(variant.performer_projection);
 }
 
 void MultiHeadAttention::redraw_features(uint64_t seed) {
   QKV_CHECK(config_.kernel == AttentionKernel::performer,
-            "MultiHeadAttention.redraw_features: the kernel is ", kernel_name(config_.kernel),
+            "MultiHeadAttention.redraw_features: the kernel is ", detail::kernel_name(config_.kernel),
             ", not performer");
   performer_projection_ =
       performer_projection(config_.performer_features, config_.embed_dim / config_.num_heads, seed);
@@ -158,19 +105,16 @@ void MultiHeadAttention::redraw_features(uint64_t seed) {
 void MultiHeadAttention::attend(Saved& s, bool need_weights) {
   const char* op = "MultiHeadAttention";
   if (config_.positions == AttentionPositions::rotary) {
-    const RotaryOptions r = rotary_for_heads(config_.rotary);
+    const RotaryOptions r = detail::rotary_for_heads(config_.rotary);
     s.q = rotary_embedding(s.q, r);
     s.k = rotary_embedding(s.k, r);
   }
   if (config_.kernel == AttentionKernel::softmax) {
     s.options.mask_mod = config_.mask_mod;
-    if (config_.positions == AttentionPositions::alibi)
-      s.options.score_mod = alibi_score(alibi_slopes(config_.num_heads));
-    if (config_.positions == AttentionPositions::t5) {
-      T5BiasOptions t = config_.t5;
-      t.query_offset = 0;
-      s.options.score_mod = t5_bias_score(weight("relative_attention_bias.weight"), t);
-    }
+    s.options.score_mod = detail::fixed_score_mod(config_, config_.num_heads);
+    if (config_.positions == AttentionPositions::t5)
+      s.options.score_mod = t5_bias_score(weight("relative_attention_bias.weight"),
+                                          detail::t5_for_heads(config_.t5));
     if (need_weights)
       for (int64_t i = 0; i < config_.num_heads; ++i) s.options.weights_heads.push_back(i);
     if (config_.positions == AttentionPositions::shaw) {
@@ -183,20 +127,13 @@ void MultiHeadAttention::attend(Saved& s, bool need_weights) {
     return;
   }
   // Kernels without a weight matrix, masks or dropout.
-  const char* name = kernel_name(config_.kernel);
-  QKV_CHECK(!need_weights, op, ": the ", name,
-            " kernel forms no attention weights; pass need_weights = false");
-  QKV_CHECK(!s.options.mask.defined() && !s.options.key_padding_mask.defined(), op, ": the ", name,
-            " kernel takes no attn_mask or key_padding_mask");
-  QKV_CHECK(s.options.dropout == 0.0, op, ": the ", name,
-            " kernel has no attention-weight dropout; set dropout = 0 or call train(false)");
+  const LinearAttentionOptions lo =
+      detail::linear_kernel_options(config_, s.options, need_weights, op);
   const Tensor q = swap_heads(s.q), k = swap_heads(s.k), v = swap_heads(s.v);
   AttentionResult r;
   if (config_.kernel == AttentionKernel::linformer) {
-    QKV_CHECK(s.options.causal == Causal::none, op, ": the linformer kernel cannot be causal");
     r = linformer_attention(q, k, v, weight("linformer_e"), weight("linformer_f"));
   } else {
-    const LinearAttentionOptions lo{.causal = s.options.causal != Causal::none};
     r.output = config_.kernel == AttentionKernel::linear
                    ? linear_attention(q, k, v, lo)
                    : performer_attention(q, k, v, performer_projection_, lo);
@@ -231,7 +168,7 @@ AttentionGradients MultiHeadAttention::attend_backward(const Saved& s, const Ten
       parameters["linformer_f"] = lg.grad_f;
       g = {lg.grad_q, lg.grad_k, lg.grad_v};
     } else {
-      const LinearAttentionOptions lo{.causal = s.options.causal != Causal::none};
+      const LinearAttentionOptions lo{.causal = s.options.causal != Causal::none};  // as attend()
       const LinearAttentionGradients lg =
           config_.kernel == AttentionKernel::linear
               ? linear_attention_backward(go, q, k, v, lo)
@@ -243,7 +180,7 @@ AttentionGradients MultiHeadAttention::attend_backward(const Saved& s, const Ten
     g.grad_v = swap_heads(g.grad_v);
   }
   if (config_.positions == AttentionPositions::rotary) {
-    const RotaryOptions r = rotary_for_heads(config_.rotary);
+    const RotaryOptions r = detail::rotary_for_heads(config_.rotary);
     g.grad_q = rotary_embedding_backward(g.grad_q, r);
     g.grad_k = rotary_embedding_backward(g.grad_k, r);
   }

@@ -4,6 +4,7 @@
 #include <limits>
 #include <string>
 
+#include "nn/attention_variant.h"
 #include "nn/init.h"
 #include "qkv/layers.h"
 
@@ -44,6 +45,13 @@ AttentionConfig attention_config(const TransformerLayerConfig& c) {
           .dropout = c.dropout,
           .bias = c.bias,
           .batch_first = c.batch_first};
+}
+
+// The self-attention's: the same, with the layer's variant.
+AttentionConfig self_attention_config(const TransformerLayerConfig& c) {
+  AttentionConfig a = attention_config(c);
+  static_cast<AttentionVariant&>(a) = c.self_attention;
+  return a;
 }
 
 void check_layer_config(const char* op, const TransformerLayerConfig& c) {
@@ -103,6 +111,60 @@ Attention::Attention(const AttentionConfig& config, Generator& generator) : conf
     b.copy_(Tensor::zeros({e}));
   }
   dropout_generator_ = Generator(generator.next_u64());
+  detail::VariantTensors variant =
+      detail::make_variant(config_, e, h, config_.vdim, generator, "MultiheadAttention");
+  for (auto& [name, t] : variant.learned) variant_[name] = register_parameter(name, std::move(t));
+  performer_projection_ = std::move(variant.performer_projection);
+}
+
+Variable Attention::attend(const Variable& q_in, const Variable& k_in, const Variable& v,
+                           AttentionOptions o, Tensor* weights) {
+  const AttentionVariant& variant = config_;
+  const int64_t h = config_.num_heads;
+  Variable q = q_in, k = k_in;
+  if (variant.positions == AttentionPositions::rotary) {
+    const RotaryOptions r = detail::rotary_for_heads(variant.rotary);
+    q = autograd::rotary_embedding(q, r);
+    k = autograd::rotary_embedding(k, r);
+  }
+  auto learned = [&](const char* name) { return variant_.at(name); };
+  if (variant.kernel == AttentionKernel::softmax) {
+    o.mask_mod = variant.mask_mod;
+    o.score_mod = detail::fixed_score_mod(variant, h);
+    const bool t5 = variant.positions == AttentionPositions::t5;
+    const bool shaw = variant.positions == AttentionPositions::shaw;
+    const T5BiasOptions t5_options = detail::t5_for_heads(variant.t5);
+    if (weights != nullptr) {  // values only (the caller holds a NoGradGuard)
+      for (int64_t i = 0; i < h; ++i) o.weights_heads.push_back(i);
+      if (t5) o.score_mod = t5_bias_score(learned("relative_attention_bias.weight").value(), t5_options);
+      const ShawPositions positions{.key = shaw ? learned("relative_key").value() : Tensor(),
+                                    .value = shaw ? learned("relative_value").value() : Tensor(),
+                                    .max_distance = variant.shaw_max_distance};
+      *weights = shaw ? shaw_attention(q.value(), k.value(), v.value(), positions, o).attention.weights
+                      : attention(q.value(), k.value(), v.value(), o).weights;
+      return {};
+    }
+    if (t5)
+      return autograd::t5_attention(q, k, v, learned("relative_attention_bias.weight"), t5_options,
+                                    o);
+    if (shaw)
+      return autograd::shaw_attention(q, k, v, learned("relative_key"), learned("relative_value"),
+                                      variant.shaw_max_distance, o);
+    return autograd::attention(q, k, v, o);
+  }
+  // The linear kernels take [B, H, L, Dh]: swapped views both ways.
+  const LinearAttentionOptions lo =
+      detail::linear_kernel_options(variant, o, weights != nullptr, "MultiheadAttention");
+  auto swap = [](const Variable& x) { return autograd::transpose(x, 1, 2); };
+  Variable heads;
+  if (variant.kernel == AttentionKernel::linformer)
+    heads = autograd::linformer_attention(swap(q), swap(k), swap(v), learned("linformer_e"),
+                                          learned("linformer_f"));
+  else if (variant.kernel == AttentionKernel::linear)
+    heads = autograd::linear_attention(swap(q), swap(k), swap(v), lo);
+  else
+    heads = autograd::performer_attention(swap(q), swap(k), swap(v), performer_projection_, lo);
+  return swap(heads);
 }
 
 Variable Attention::forward(const Variable& query, const Variable& key, const Variable& value,
@@ -180,9 +242,8 @@ Attention::WithWeights Attention::run(const Variable& query, const Variable& key
   WithWeights out;
   if (want_weights) {
     autograd::NoGradGuard no_grad;
-    AttentionOptions w = o;
-    for (int64_t i = 0; i < h; ++i) w.weights_heads.push_back(i);
-    const Tensor weights = attention(q.value(), k.value(), v.value(), w).weights;
+    Tensor weights;
+    attend(q, k, v, o, &weights);
     out.weights = average ? mean(weights, 1) : weights;
   }
   if (training() && config_.dropout > 0) {
@@ -190,7 +251,7 @@ Attention::WithWeights Attention::run(const Variable& query, const Variable& key
     o.dropout_seed = dropout_generator_.next_u64();
   }
   // [B, Lq, H, Dh] -> rows in the query's order [L0, L1, E] -> out_proj.
-  Variable heads = autograd::attention(q, k, v, o);
+  Variable heads = attend(q, k, v, o, nullptr);
   if (!bf) heads = autograd::transpose(heads, 0, 1);
   out.output = out_proj_->forward(autograd::reshape(heads, {query.size(0), query.size(1), e}));
   return out;
@@ -202,9 +263,9 @@ TransformerEncoderLayer::TransformerEncoderLayer(const TransformerLayerConfig& c
                                                  Generator& generator)
     : config_(config) {
   check_layer_config("TransformerEncoderLayer", config);
-  const AttentionConfig attention = attention_config(config);
   const DropoutConfig drop{config.dropout};
-  self_attn_ = register_module("self_attn", std::make_shared<Attention>(attention, generator));
+  self_attn_ = register_module(
+      "self_attn", std::make_shared<Attention>(self_attention_config(config), generator));
   linear1_ = register_module(
       "linear1", std::make_shared<Linear>(
                      LinearConfig{config.d_model, config.dim_feedforward, config.bias}, generator));
@@ -243,7 +304,8 @@ TransformerDecoderLayer::TransformerDecoderLayer(const TransformerLayerConfig& c
   check_layer_config("TransformerDecoderLayer", config);
   const AttentionConfig attention = attention_config(config);
   const DropoutConfig drop{config.dropout};
-  self_attn_ = register_module("self_attn", std::make_shared<Attention>(attention, generator));
+  self_attn_ = register_module(
+      "self_attn", std::make_shared<Attention>(self_attention_config(config), generator));
   multihead_attn_ =
       register_module("multihead_attn", std::make_shared<Attention>(attention, generator));
   linear1_ = register_module(
@@ -348,7 +410,8 @@ Transformer::Transformer(const TransformerConfig& config, Generator& generator) 
                                      .layer_norm_eps = config.layer_norm_eps,
                                      .batch_first = config.batch_first,
                                      .norm_first = config.norm_first,
-                                     .bias = config.bias};
+                                     .bias = config.bias,
+                                     .self_attention = config.self_attention};
   encoder_ = register_module(
       "encoder", std::make_shared<TransformerEncoder>(
                      TransformerStackConfig{layer, config.num_encoder_layers, true}, generator));

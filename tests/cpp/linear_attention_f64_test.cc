@@ -148,35 +148,18 @@ Tensor naive_linformer(const Tensor& q, const Tensor& k, const Tensor& v, const 
   return Tensor::from_values(out, {batch, heads, lq, dv}, DType::f64);
 }
 
-// ---- the ops as autograd functions: forward, and the explicit backward recorded --------
+// ---- the ops as autograd functions (qkv/autograd.h): the explicit backward recorded ------
 
 Variable linformer_op(const Qkv& t, const Variable& e, const Variable& f) {
-  const Tensor q = t.q.value(), k = t.k.value(), v = t.v.value(), ev = e.value(), fv = f.value();
-  AttentionResult r = linformer_attention(q, k, v, ev, fv);
-  const Tensor out = r.output;
-  return record("linformer_attention", out, {t.q, t.k, t.v, e, f},
-                [=, r = std::move(r)](const Tensor& g) {
-                  const LinformerGradients l = linformer_attention_backward(g, q, k, v, ev, fv, r);
-                  return std::vector<Tensor>{l.grad_q, l.grad_k, l.grad_v, l.grad_e, l.grad_f};
-                });
+  return autograd::linformer_attention(t.q, t.k, t.v, e, f);
 }
 
 Variable linear_op(const Qkv& t, const LinearAttentionOptions& o) {
-  const Tensor q = t.q.value(), k = t.k.value(), v = t.v.value();
-  return record("linear_attention", linear_attention(q, k, v, o), {t.q, t.k, t.v},
-                [=](const Tensor& g) {
-                  const LinearAttentionGradients l = linear_attention_backward(g, q, k, v, o);
-                  return std::vector<Tensor>{l.grad_q, l.grad_k, l.grad_v};
-                });
+  return autograd::linear_attention(t.q, t.k, t.v, o);
 }
 
 Variable performer_op(const Qkv& t, const Tensor& w, const LinearAttentionOptions& o) {
-  const Tensor q = t.q.value(), k = t.k.value(), v = t.v.value();
-  return record("performer_attention", performer_attention(q, k, v, w, o), {t.q, t.k, t.v},
-                [=](const Tensor& g) {
-                  const LinearAttentionGradients l = performer_attention_backward(g, q, k, v, w, o);
-                  return std::vector<Tensor>{l.grad_q, l.grad_k, l.grad_v};
-                });
+  return autograd::performer_attention(t.q, t.k, t.v, w, o);
 }
 
 // ---- forward: the f32 path and the formula ---------------------------------------------

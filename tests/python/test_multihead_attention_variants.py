@@ -118,20 +118,30 @@ CASES = [(v, c) for v in sorted(VARIANTS) for c in (False, True)
          if not (c and v in ("linformer", "longformer"))]
 
 
-@pytest.mark.parametrize("variant,causal", CASES)
-def test_variant_matches_its_definition(variant, causal):
-    kwargs = {n: (f() if callable(f) else f) for n, f in VARIANTS[variant].items()}
-    mha = qkv.MultiheadAttention(E, H, batch_first=True, seed=7, **kwargs)
-    params = {n: f64(t).clone().requires_grad_() for n, t in mha.state_dict().items()}
+def _variant_kwargs(variant):
+    return {n: (f() if callable(f) else f) for n, f in VARIANTS[variant].items()}
+
+
+def _definition(variant, causal, state_dict, seed):
+    """The float64 definition with a layer's weights, run forward and backward:
+    (its parameters with their gradients, input x with its gradient, output, dOutput)."""
+    params = {n: f64(t).clone().requires_grad_() for n, t in state_dict.items()}
     for name, shape in NEW_PARAMETERS.get(variant, {}).items():
         assert tuple(params[name].shape) == shape, name
     if variant == "performer":
         params["performer_w"] = f64(qkv.performer_projection(64, DH, 3))
-    g = torch.Generator().manual_seed(11)
+    g = torch.Generator().manual_seed(seed)
     x = torch.randn(BATCH, L, E, generator=g, dtype=torch.float64).float().double().requires_grad_()
     ref = _reference(variant, params, x, causal)
     go = torch.randn(ref.shape, generator=g, dtype=torch.float64)
     ref.backward(go)
+    return params, x, ref, go
+
+
+@pytest.mark.parametrize("variant,causal", CASES)
+def test_variant_matches_its_definition(variant, causal):
+    mha = qkv.MultiheadAttention(E, H, batch_first=True, seed=7, **_variant_kwargs(variant))
+    params, x, ref, go = _definition(variant, causal, mha.state_dict(), seed=11)
     xq = f32(x)
     weights = variant not in ("linformer", "linear", "performer")
     out, w = mha.forward(xq, xq, xq, need_weights=weights, is_causal=causal,
@@ -172,3 +182,40 @@ def test_variant_errors():
         mha.forward(x, x, x)
     with pytest.raises(qkv.QkvError, match="not performer"):
         mha.redraw_features(1)
+
+
+@pytest.mark.parametrize("variant,causal", CASES)
+def test_autograd_layer_matches_its_definition(variant, causal):
+    """qkv.nn.MultiheadAttention(variant=...): the same definitions under qkv.autograd."""
+    layer = qkv.nn.MultiheadAttention(E, H, batch_first=True, seed=7,
+                                      variant=qkv.nn.AttentionVariant(**_variant_kwargs(variant)))
+    params, x, ref, go = _definition(variant, causal, layer.state_dict(), seed=12)
+    xv = qkv.autograd.Variable(f32(x), True)
+    out = layer(xv, xv, xv, is_causal=causal)
+    qkv.autograd.sum(qkv.autograd.mul(out, qkv.autograd.Variable(f32(go)))).backward()
+    assert_close_scaled(f64(out.value), ref.detach(), f"{variant} output", rel=2e-5)
+    assert_close_scaled(f64(xv.grad), x.grad, f"{variant} d input", rel=1e-4)
+    for name, p in layer.named_parameters():
+        assert_close_scaled(f64(p.grad), params[name].grad, f"{variant} d {name}", rel=1e-4)
+
+
+def test_a_transformer_layer_trains_with_a_variant():
+    variant = qkv.nn.AttentionVariant(positions="t5", t5_num_buckets=8, t5_max_distance=16)
+    layer = qkv.nn.TransformerEncoderLayer(16, 2, dim_feedforward=32, dropout=0.0,
+                                           batch_first=True, seed=1, self_attention=variant)
+    assert "self_attn.relative_attention_bias.weight" in layer.state_dict()
+    table = layer.state_dict()["self_attn.relative_attention_bias.weight"]
+    before = f64(table).clone()
+    opt = qkv.AdamW(layer.named_parameters(), lr=1e-2)
+    g = torch.Generator().manual_seed(3)
+    x = qkv.autograd.Variable(f32(torch.randn(4, 6, 16, generator=g)))
+    target = qkv.autograd.Variable(f32(torch.randn(4, 6, 16, generator=g)))
+    losses = []
+    for _ in range(30):
+        loss = qkv.autograd.mse_loss(layer(x), target)
+        layer.zero_grad()
+        loss.backward()
+        opt.step(layer.grads())
+        losses.append(loss.value.item())
+    assert losses[-1] < 0.8 * losses[0]
+    assert not torch.equal(f64(table), before)  # the table learned too
