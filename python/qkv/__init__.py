@@ -18,6 +18,7 @@ from . import _qkv
 from ._qkv import (  # noqa: F401
     Adam,
     AdamW,
+    BleuScore,
     ByteLevelBPE,
     CharTokenizer,
     Encoding,
@@ -48,6 +49,7 @@ from ._qkv import (  # noqa: F401
     block_sparse_mask,
     causal_mask,
     clip_grad_norm,
+    corpus_bleu,
     constant_schedule,
     cosine_schedule_with_warmup,
     cross_entropy,
@@ -132,6 +134,7 @@ from ._qkv import (  # noqa: F401
     sum_to_shape,
     t5_bias_score,
     t5_relative_bucket,
+    tokenize_13a,
     transformer_schedule,
     zeros,
 )

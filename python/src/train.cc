@@ -5,12 +5,14 @@
 // without a copy, so they are updated in place too) or as a module's
 // named_parameters() (those that require a gradient).
 #include <nanobind/stl/map.h>
+#include <nanobind/stl/optional.h>
 #include <nanobind/stl/pair.h>
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/variant.h>
 #include <nanobind/stl/vector.h>
 
 #include <map>
+#include <optional>
 #include <string>
 #include <type_traits>
 #include <utility>
@@ -21,6 +23,7 @@
 #include "qkv/autograd.h"
 #include "qkv/error.h"
 #include "qkv/losses.h"
+#include "qkv/metrics.h"
 #include "qkv/optim.h"
 
 namespace qkv::python {
@@ -224,6 +227,53 @@ void bind_train(nb::module_& m) {
       },
       nb::arg("grads"), nb::arg("max_norm"), nb::arg("norm_type") = 2.0,
       nb::arg("error_if_nonfinite") = false, Release(), "The same over a dict name -> gradient.");
+
+  // BLEU, with sacreBLEU's names: qkv.corpus_bleu(hyps, [refs]).score.
+  nb::class_<BleuScore>(m, "BleuScore", "A corpus BLEU score and its statistics (sacreBLEU's).")
+      .def_ro("score", &BleuScore::score, "0..100")
+      .def_ro("counts", &BleuScore::correct, "matched n-grams per order")
+      .def_ro("totals", &BleuScore::total, "hypothesis n-grams per order")
+      .def_ro("precisions", &BleuScore::precisions, "per order, percent")
+      .def_ro("bp", &BleuScore::brevity_penalty, "the brevity penalty")
+      .def_ro("sys_len", &BleuScore::hypothesis_length)
+      .def_ro("ref_len", &BleuScore::reference_length)
+      .def("__repr__", [](const BleuScore& b) {
+        return detail::str("BLEU = ", b.score, " (bp ", b.brevity_penalty, ", sys_len ",
+                           b.hypothesis_length, ", ref_len ", b.reference_length, ")");
+      });
+  m.def(
+      "corpus_bleu",
+      [](const std::vector<std::string>& hypotheses,
+         const std::vector<std::vector<std::string>>& references, bool lowercase,
+         const std::string& tokenize, const std::string& smooth_method,
+         std::optional<double> smooth_value, int max_ngram_order) {
+        BleuOptions o{.lowercase = lowercase, .max_ngram_order = max_ngram_order};
+        if (tokenize == "none")
+          o.tokenize = BleuTokenize::none;
+        else
+          QKV_CHECK(tokenize == "13a", "corpus_bleu: tokenize must be '13a' or 'none', got '",
+                    tokenize, "'");
+        const std::map<std::string, BleuSmooth> smooth{{"exp", BleuSmooth::exp},
+                                                       {"none", BleuSmooth::none},
+                                                       {"floor", BleuSmooth::floor},
+                                                       {"add-k", BleuSmooth::add_k}};
+        const auto it = smooth.find(smooth_method);
+        QKV_CHECK(it != smooth.end(),
+                  "corpus_bleu: smooth_method must be 'exp', 'none', 'floor' or 'add-k', got '",
+                  smooth_method, "'");
+        o.smooth = it->second;
+        o.smooth_value = smooth_value.value_or(-1);
+        nb::gil_scoped_release release;
+        return corpus_bleu(hypotheses, references, o);
+      },
+      nb::arg("hypotheses"), nb::arg("references"), nb::arg("lowercase") = false,
+      nb::arg("tokenize") = "13a", nb::arg("smooth_method") = "exp",
+      nb::arg("smooth_value") = nb::none(), nb::arg("max_ngram_order") = 4,
+      "Corpus BLEU as sacrebleu.corpus_bleu computes it: hypotheses[i] against "
+      "references[r][i] for every reference stream r.");
+  m.def(
+      "tokenize_13a", [](const std::string& line) { return tokenize_13a(line); }, nb::arg("line"),
+        "sacreBLEU's default (mteval-v13a) tokenisation of one line.");
 }
 
 }  // namespace qkv::python
