@@ -210,6 +210,8 @@ class Attention : public Module {
                                    bool average_attn_weights = true);
   const AttentionConfig& config() const { return config_; }
   const char* type_name() const override { return "MultiheadAttention"; }
+  // Performer: draws new random features (the paper redraws them during training).
+  void redraw_features(uint64_t seed);
 
  private:
   WithWeights run(const autograd::Variable& query, const autograd::Variable& key,

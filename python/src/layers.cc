@@ -215,6 +215,8 @@ void bind_layers(nb::module_& m) {
           nb::arg("bias") = true, nb::arg("kdim") = nb::none(), nb::arg("vdim") = nb::none(),
           nb::arg("batch_first") = false, nb::arg("seed") = 0,
           nb::arg("variant").none() = nb::none())
+      .def("redraw_features", &nn::Attention::redraw_features, nb::arg("seed"),
+           "Performer: draws new random features.")
       .def(
           "forward",
           [](nn::Attention& a, const Variable& query, const Variable& key, const Variable& value,

@@ -64,6 +64,13 @@ VariantTensors make_variant(const AttentionVariant& variant, int64_t embed_dim, 
   return out;
 }
 
+Tensor redraw_performer_features(const AttentionVariant& variant, int64_t head_dim, uint64_t seed,
+                                 const char* op) {
+  QKV_CHECK(variant.kernel == AttentionKernel::performer, op, ": the kernel is ",
+            kernel_name(variant.kernel), ", not performer");
+  return performer_projection(variant.performer_features, head_dim, seed);
+}
+
 RotaryOptions rotary_for_heads(RotaryOptions r) {
   r.layout = AttentionLayout::blhd;
   r.offset = 0;

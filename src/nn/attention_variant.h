@@ -29,6 +29,11 @@ struct VariantTensors {
 VariantTensors make_variant(const AttentionVariant& variant, int64_t embed_dim, int64_t num_heads,
                             int64_t vdim, Generator& generator, const char* op);
 
+// Performer's features drawn again with `seed` [m, head_dim]; throws
+// (naming `op`) for another kernel.
+Tensor redraw_performer_features(const AttentionVariant& variant, int64_t head_dim, uint64_t seed,
+                                 const char* op);
+
 // The options of the layer's [B, L, H, Dh] heads: rotary without offset,
 // T5 without query offset.
 RotaryOptions rotary_for_heads(RotaryOptions r);

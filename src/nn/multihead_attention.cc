@@ -95,11 +95,9 @@ void MultiHeadAttention::init_variant(Generator& generator) {
 }
 
 void MultiHeadAttention::redraw_features(uint64_t seed) {
-  QKV_CHECK(config_.kernel == AttentionKernel::performer,
-            "MultiHeadAttention.redraw_features: the kernel is ", detail::kernel_name(config_.kernel),
-            ", not performer");
   performer_projection_ =
-      performer_projection(config_.performer_features, config_.embed_dim / config_.num_heads, seed);
+      detail::redraw_performer_features(config_, config_.embed_dim / config_.num_heads, seed,
+                                        "MultiHeadAttention.redraw_features");
 }
 
 void MultiHeadAttention::attend(Saved& s, bool need_weights) {

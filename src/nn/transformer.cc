@@ -117,6 +117,12 @@ Attention::Attention(const AttentionConfig& config, Generator& generator) : conf
   performer_projection_ = std::move(variant.performer_projection);
 }
 
+void Attention::redraw_features(uint64_t seed) {
+  performer_projection_ =
+      detail::redraw_performer_features(config_, config_.embed_dim / config_.num_heads, seed,
+                                        "MultiheadAttention.redraw_features");
+}
+
 Variable Attention::attend(const Variable& q_in, const Variable& k_in, const Variable& v,
                            AttentionOptions o, Tensor* weights) {
   const AttentionVariant& variant = config_;

@@ -199,6 +199,24 @@ TEST(AttentionVariants, EncoderLayerWithAVariantTrains) {
   }
 }
 
+TEST(AttentionVariants, PerformerFeaturesRedraw) {
+  Generator gen(9);
+  AttentionVariant performer;
+  performer.kernel = AttentionKernel::performer;
+  performer.performer_features = 16;
+  Attention layer(layer_config(performer), gen);
+  const Variable x(randn({1, 6, 8}, gen));
+  const Tensor a = layer.forward(x, x, x).value();
+  layer.redraw_features(5);
+  const Tensor b = layer.forward(x, x, x).value();
+  layer.redraw_features(0);  // the first draw again (performer_seed 0)
+  const Tensor c = layer.forward(x, x, x).value();
+  EXPECT_GT(max_difference(a, b), 0);
+  EXPECT_EQ(max_difference(a, c), 0);
+  Attention plain(layer_config({}), gen);
+  EXPECT_THROW(plain.redraw_features(1), Error);
+}
+
 TEST(AttentionVariants, ErrorsNameTheProblem) {
   Generator gen(8);
   AttentionVariant v;

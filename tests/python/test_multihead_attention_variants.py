@@ -219,3 +219,16 @@ def test_a_transformer_layer_trains_with_a_variant():
         losses.append(loss.value.item())
     assert losses[-1] < 0.8 * losses[0]
     assert not torch.equal(f64(table), before)  # the table learned too
+
+
+def test_autograd_layer_performer_features_redraw():
+    layer = qkv.nn.MultiheadAttention(E, H, batch_first=True, variant=qkv.nn.AttentionVariant(
+        kernel="performer", performer_features=32))
+    x = qkv.autograd.Variable(qkv.from_dlpack(torch.randn(1, 9, E)))
+    a = f64(layer(x, x, x).value)
+    layer.redraw_features(5)
+    b = f64(layer(x, x, x).value)
+    layer.redraw_features(0)
+    assert not torch.equal(a, b) and torch.equal(a, f64(layer(x, x, x).value))
+    with pytest.raises(qkv.QkvError, match="not performer"):
+        qkv.nn.MultiheadAttention(E, H).redraw_features(1)
