@@ -245,6 +245,11 @@ class SoftcapScore : public ScoreMod {
   float cap_;
 };
 
+// Elements a block spans in a buffer of row stride ld (the last row unpadded).
+size_t block_size(const AttentionBlock& blk, int64_t ld) {
+  return static_cast<size_t>((blk.q_end - blk.q_begin - 1) * ld + (blk.kv_end - blk.kv_begin));
+}
+
 // A modifier's block forms over f32 scores (the fused kernels') or f64 ones
 // (the oracle's rows, pair by pair in double).
 void apply_as(const ScoreMod& mod, const AttentionBlock& blk, float* scores, int64_t ld) {
@@ -317,9 +322,6 @@ class ChainGradients : public ScoreModGradients {
       accumulate_into(*ag_, blk, raw, g.data(), ld);
     }
   }
-  static size_t block_size(const AttentionBlock& blk, int64_t ld) {
-    return static_cast<size_t>((blk.q_end - blk.q_begin - 1) * ld + (blk.kv_end - blk.kv_begin));
-  }
   const ScoreMod& a_;
   const ScoreMod& b_;
   std::unique_ptr<ScoreModGradients> ag_, bg_;
@@ -348,8 +350,7 @@ class ChainScore : public ScoreMod {
       a_->backward(blk, nullptr, grad, ld);
       return;
     }
-    std::vector<float> mid(raw,
-                           raw + (blk.q_end - blk.q_begin - 1) * ld + (blk.kv_end - blk.kv_begin));
+    std::vector<float> mid(raw, raw + block_size(blk, ld));
     a_->apply(blk, mid.data(), ld);
     b_->backward(blk, mid.data(), grad, ld);
     a_->backward(blk, raw, grad, ld);
@@ -403,7 +404,7 @@ double ScoreMod::derivative(double, int64_t, int64_t, int64_t, int64_t) const {
 
 void ScoreModGradients::accumulate_f64(const AttentionBlock& b, const double* raw,
                                        const double* grad, int64_t ld) {
-  const size_t size = static_cast<size_t>((b.q_end - b.q_begin - 1) * ld + (b.kv_end - b.kv_begin));
+  const size_t size = block_size(b, ld);
   std::vector<float> raw32, grad32(grad, grad + size);
   if (raw != nullptr) raw32.assign(raw, raw + size);
   accumulate(b, raw != nullptr ? raw32.data() : nullptr, grad32.data(), ld);
