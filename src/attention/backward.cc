@@ -18,11 +18,12 @@ Tensor like_bhld(const Tensor& t, AttentionLayout layout) {
 
 AttentionGradients allocate_gradients(const Tensor& q, const Tensor& k, const Tensor& v,
                                       const AttentionPlan& plan, bool mask_grad) {
+  const DType dtype = plan.result_dtype();
   AttentionGradients g;
-  g.grad_q = Tensor::zeros(q.shape());
-  g.grad_k = Tensor::zeros(k.shape());
-  g.grad_v = Tensor::zeros(v.shape());
-  if (mask_grad) g.grad_mask = Tensor::zeros({plan.batch, plan.heads, plan.lq, plan.lk});
+  g.grad_q = Tensor::zeros(q.shape(), dtype);
+  g.grad_k = Tensor::zeros(k.shape(), dtype);
+  g.grad_v = Tensor::zeros(v.shape(), dtype);
+  if (mask_grad) g.grad_mask = Tensor::zeros({plan.batch, plan.heads, plan.lq, plan.lk}, dtype);
   return g;
 }
 

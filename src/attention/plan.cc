@@ -121,7 +121,7 @@ AttentionResult AttentionPlan::make_result(bool with_lse) const {
   AttentionResult r;
   const Shape shape =
       layout == AttentionLayout::bhld ? Shape{batch, heads, lq, dv} : Shape{batch, lq, heads, dv};
-  const DType dtype = q.dtype() == DType::f64 ? DType::f64 : DType::f32;
+  const DType dtype = result_dtype();
   r.output = Tensor::zeros(shape, dtype);
   if (with_lse) r.lse = Tensor::full({batch, heads, lq}, -INFINITY, dtype);
   if (!weights_heads.empty())

@@ -64,6 +64,8 @@ struct AttentionPlan {
   std::vector<int64_t> weights_heads;
   std::shared_ptr<const ModifierHooks> hooks;  // null without modifiers
 
+  // The dtype of the results and gradients: f64 on the f64 path, else f32.
+  DType result_dtype() const { return q.dtype() == DType::f64 ? DType::f64 : DType::f32; }
   // Zero-filled output in q's layout, log-sum-exp [B, Hq, Lq] if asked, and
   // the weights of weights_heads.
   AttentionResult make_result(bool with_lse) const;
@@ -73,7 +75,8 @@ struct AttentionPlan {
   kernels::AttentionSlice slice(int64_t b, int64_t h, const AttentionResult& result) const;
 };
 
-// Helpers shared by the fused and the reference backward (backward.cc).
+// Helpers shared by the fused and the reference backward (backward.cc). The
+// gradients are zeros of plan.result_dtype().
 Tensor like_bhld(const Tensor& t, AttentionLayout layout);
 AttentionGradients allocate_gradients(const Tensor& q, const Tensor& k, const Tensor& v,
                                       const AttentionPlan& plan, bool mask_grad);

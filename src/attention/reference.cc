@@ -95,10 +95,6 @@ AttentionGradients backward_reference_as(const detail::AttentionPlan& plan,
                                          const ScoreMod* grad_probability_term) {
   constexpr DType kType = dtype_of<T>::value;
   AttentionGradients g = detail::allocate_gradients(q, k, v, plan, mask_requires_grad);
-  if constexpr (kType == DType::f64) {
-    for (Tensor* t : {&g.grad_q, &g.grad_k, &g.grad_v, &g.grad_mask})
-      if (t->defined()) *t = Tensor::zeros(t->shape(), kType);
-  }
   const Tensor dout = detail::like_bhld(grad_output.to(kType), plan.layout);
   const Tensor dq = detail::like_bhld(g.grad_q, plan.layout);
   const Tensor dk = detail::like_bhld(g.grad_k, plan.layout);

@@ -326,10 +326,9 @@ ShawSetup setup_shaw(const Tensor& q, const Tensor& k, const Tensor& v, const Sh
   check_table(pos.value, "positions.value", plan.dv);
   QKV_CHECK(!pos.value.defined() || options.dropout == 0.0, op, ": dropout (", options.dropout,
             ") is not supported with relative value embeddings");
-  const bool f64 = plan.q.dtype() == DType::f64;  // the attention's f64 path
-  ShawSetup s{options, f64 ? DType::f64 : DType::f32};
+  ShawSetup s{options, plan.result_dtype()};  // f64 on the attention's f64 path
   s.q = bhld_as(q, options.layout, s.dtype);
-  s.scale = f64 ? plan.scale_f64 : plan.scale;
+  s.scale = s.dtype == DType::f64 ? plan.scale_f64 : plan.scale;
   s.options.return_lse = true;
   if (pos.key.defined()) {
     // scale * q_i . a^K_r for every row and distance: the key term's table.

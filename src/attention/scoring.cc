@@ -75,11 +75,6 @@ double load_at(const Tensor& t, int64_t at) {
   return t.dtype() == DType::f64 ? t.data<double>()[at] : t.data<float>()[at];
 }
 
-// The dtype of the gradients: f64 on the f64 path, else f32.
-DType gradient_dtype(const detail::AttentionPlan& plan) {
-  return plan.q.dtype() == DType::f64 ? DType::f64 : DType::f32;
-}
-
 }  // namespace
 
 AttentionResult general_attention(const Tensor& q, const Tensor& k, const Tensor& v,
@@ -161,9 +156,8 @@ AdditiveAttentionGradients additive_attention_backward(const Tensor& grad_output
   check_weight(weights.w_q, {a, plan.d}, op, "weights.w_q");
   check_weight(weights.w_k, {a, plan.d}, op, "weights.w_k");
   AdditiveAttentionGradients g;
-  const DType dtype = gradient_dtype(plan);
-  g.inputs = {Tensor::zeros(q.shape(), dtype), Tensor::zeros(k.shape(), dtype),
-              Tensor::zeros(v.shape(), dtype)};
+  const DType dtype = plan.result_dtype();
+  g.inputs = detail::allocate_gradients(q, k, v, plan, false);
   const Tensor dout = detail::like_bhld(grad_output.to(dtype), plan.layout);
   const Tensor dq = detail::like_bhld(g.inputs.grad_q, plan.layout);
   const Tensor dk = detail::like_bhld(g.inputs.grad_k, plan.layout);
