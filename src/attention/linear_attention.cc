@@ -38,15 +38,20 @@ namespace {
 
 // ---------------------------------------------------------------- arguments
 
-void check_input(const Tensor& t, const char* op, const char* name) {
+// Every tensor argument: defined, on the cpu, of a dtype the family computes from.
+void check_tensor(const Tensor& t, const char* op, const char* name) {
   QKV_CHECK(t.defined(), op, ": argument ", name, " is undefined");
   QKV_CHECK(t.device().type == DeviceType::cpu, op, ": argument ", name, " is on ",
             to_string(t.device()), "; only cpu is supported");
-  QKV_CHECK(t.dim() == 4, op, ": argument ", name, " must be [B, H, L, D], got shape ",
-            shape_string(t.shape()));
   QKV_CHECK(t.dtype() == DType::f32 || t.dtype() == DType::bf16 || t.dtype() == DType::f64, op,
             ": argument ", name, " has dtype ", dtype_name(t.dtype()),
             "; expected f32, bf16 or f64");
+}
+
+void check_input(const Tensor& t, const char* op, const char* name) {
+  check_tensor(t, op, name);
+  QKV_CHECK(t.dim() == 4, op, ": argument ", name, " must be [B, H, L, D], got shape ",
+            shape_string(t.shape()));
 }
 
 // q: [B, H, Lq, D], k: [B, H, Lk, D], v: [B, H, Lk, Dv].
@@ -497,12 +502,7 @@ LinearAttentionGradients kernelised_attention_backward(const Tensor& grad_output
 int64_t check_projections(const Tensor& e, const Tensor& f, const Tensor& k, const char* op) {
   const int64_t heads = k.size(1), lk = k.size(2);
   for (const auto& [t, name] : {std::pair{&e, "e"}, std::pair{&f, "f"}}) {
-    QKV_CHECK(t->defined(), op, ": argument ", name, " is undefined");
-    QKV_CHECK(t->device().type == DeviceType::cpu, op, ": argument ", name, " is on ",
-              to_string(t->device()), "; only cpu is supported");
-    QKV_CHECK(t->dtype() == DType::f32 || t->dtype() == DType::bf16 || t->dtype() == DType::f64, op,
-              ": argument ", name, " has dtype ", dtype_name(t->dtype()),
-              "; expected f32, bf16 or f64");
+    check_tensor(*t, op, name);
     const bool shared = t->dim() == 2, per_head = t->dim() == 3 && t->size(0) == heads;
     QKV_CHECK((shared || per_head) && t->size(-1) == lk && t->size(-2) >= 1, op, ": argument ",
               name, " has shape ", shape_string(t->shape()), "; expected [kproj, ", lk, "] or [",
@@ -606,9 +606,7 @@ namespace {
 // Checks w; the features compute in `dtype`.
 PositiveRandomFeatures performer_features(const Tensor& w, const Tensor& q, const char* op,
                                           DType dtype) {
-  QKV_CHECK(w.defined(), op, ": argument w is undefined");
-  QKV_CHECK(w.dtype() == DType::f32 || w.dtype() == DType::bf16 || w.dtype() == DType::f64, op,
-            ": argument w has dtype ", dtype_name(w.dtype()), "; expected f32, bf16 or f64");
+  check_tensor(w, op, "w");
   QKV_CHECK(w.dim() == 2 && w.size(1) == q.size(3) && w.size(0) >= 1, op, ": argument w has shape ",
             shape_string(w.shape()), "; expected [m, ", q.size(3),
             "] (m >= 1 features of the head dim D = ", q.size(3), ")");
