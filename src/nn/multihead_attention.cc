@@ -166,7 +166,8 @@ AttentionGradients MultiHeadAttention::attend_backward(const Saved& s, const Ten
       parameters["linformer_f"] = lg.grad_f;
       g = {lg.grad_q, lg.grad_k, lg.grad_v};
     } else {
-      const LinearAttentionOptions lo{.causal = s.options.causal != Causal::none};  // as attend()
+      const LinearAttentionOptions lo =
+          detail::linear_kernel_options(config_, s.options, false, "MultiHeadAttention");
       const LinearAttentionGradients lg =
           config_.kernel == AttentionKernel::linear
               ? linear_attention_backward(go, q, k, v, lo)
