@@ -119,15 +119,8 @@ int order_of(const std::string& key) {
   return 1 + static_cast<int>(std::count(key.begin(), key.end(), ' '));
 }
 
-std::vector<std::string> preprocess(const std::string& line, const BleuOptions& o) {
-  const std::string cased = o.lowercase ? lowercase(line) : line;
-  const std::string stripped = rstrip_python(cased);
-  return split_words(o.tokenize == BleuTokenize::v13a ? tokenize_13a(stripped) : stripped);
-}
-
-}  // namespace
-
-std::string tokenize_13a(std::string_view in) {
+// The tokens of mteval-v13a's tokenisation of one line.
+std::vector<std::string> words_13a(std::string_view in) {
   std::string line(in);
   replace_all(line, "<skipped>", "");
   replace_all(line, "-\n", "");
@@ -167,8 +160,20 @@ std::string tokenize_13a(std::string_view in) {
       [](std::string& out, char a, char b) {
         out.append({a, ' ', b, ' '});
       });
+  return split_words(s);
+}
+
+std::vector<std::string> preprocess(const std::string& line, const BleuOptions& o) {
+  const std::string cased = o.lowercase ? lowercase(line) : line;
+  const std::string stripped = rstrip_python(cased);
+  return o.tokenize == BleuTokenize::v13a ? words_13a(stripped) : split_words(stripped);
+}
+
+}  // namespace
+
+std::string tokenize_13a(std::string_view line) {
   std::string joined;
-  for (const std::string& w : split_words(s)) {
+  for (const std::string& w : words_13a(line)) {
     if (!joined.empty()) joined.push_back(' ');
     joined += w;
   }
