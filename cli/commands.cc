@@ -31,11 +31,6 @@ std::string read_text(const std::string& path, const char* what) {
   return buffer.str();
 }
 
-bool ends_with(const std::string& text, const std::string& suffix) {
-  return text.size() >= suffix.size() &&
-         text.compare(text.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
-
 }  // namespace
 
 std::string unescape(const std::string& text) {
@@ -80,7 +75,7 @@ nlohmann::json run_generate(const GenerateOptions& options, std::FILE* log) {
       std::fflush(log);
     }
     for (const auto& stop : options.stop)
-      if (ends_with(generated, stop)) {
+      if (generated.ends_with(stop)) {
         stopped_by = stop;
         return false;
       }
