@@ -120,6 +120,11 @@ struct ClassifyOptions {
 };
 nlohmann::json run_classify(const ClassifyOptions& options, std::FILE* log);
 
+// The --text values and the lines of --input (blank lines skipped), for
+// `qkv classify` and `qkv embed`; an empty --text or no text at all is an error.
+std::vector<std::string> gather_texts(const std::vector<std::string>& texts,
+                                      const std::string& input);
+
 struct EmbedOptions {
   std::string model;  // a sentence-transformers or BERT directory
   std::vector<std::string> texts;
