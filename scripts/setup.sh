@@ -8,6 +8,9 @@ cd "$(dirname "$0")/.."
 apt_packages=(
   g++ cmake ninja-build pkg-config git
   libdnnl-dev libhwy-dev nlohmann-json3-dev libcli11-dev libutf8proc-dev libstb-dev
+  # Debian's oneDNN was built with its OpenCL runtime: its CMake config
+  # (dnnl-config.cmake) finds OpenCL, so the build needs the headers and loader.
+  ocl-icd-opencl-dev opencl-c-headers
   libgtest-dev libgmock-dev libbenchmark-dev
   clang libclang-rt-14-dev
   chromium
