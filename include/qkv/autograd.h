@@ -23,6 +23,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -214,6 +215,15 @@ Variable mean(const Variable& x, int64_t dim, bool keepdim = false);
 // The fused attention (forward with its log-sum-exp, fused backward).
 Variable attention(const Variable& q, const Variable& k, const Variable& v,
                    const AttentionOptions& options = {});
+// Self-attention over one packed projection qkv [B, L, 3 * H * Dh] (q, k, v
+// side by side: torch's in_proj, nanoGPT's c_attn) -> [B, L, H, Dh], as one
+// op: the heads are strided views of qkv (no split copies), `rotary` (if any)
+// rotates q and k, and the backward writes dq, dk, dv into one packed
+// gradient (three narrow()s would each hand the tape a zero-filled copy).
+// options.layout is blhd; under autocast qkv is converted to bf16 once.
+Variable packed_self_attention(const Variable& qkv, int64_t heads,
+                               const std::optional<RotaryOptions>& rotary,
+                               const AttentionOptions& options = {});
 // The attention variants with learned tensors (qkv/positions.h,
 // qkv/linear_attention.h) as ops: the forward, and the explicit backward
 // recorded with the learned tensors as inputs (qkv::autograd::gradcheck

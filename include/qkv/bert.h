@@ -117,18 +117,16 @@ class BertModel : public Module {
   const char* type_name() const override { return "BertModel"; }
 
  private:
-  class Dense;
-  class Table;
   class Layer;
   // The modules with their parameters allocated; `initialise`: filled as
   // transformers initialises them (from_pretrained loads instead).
   BertModel(const BertConfig& config, Generator& generator, bool initialise);
   BertConfig config_;
-  std::shared_ptr<Table> word_embeddings_, position_embeddings_, token_type_embeddings_;
+  std::shared_ptr<Embedding> word_embeddings_, position_embeddings_, token_type_embeddings_;
   std::shared_ptr<LayerNorm> embeddings_norm_;
   std::shared_ptr<Dropout> embeddings_dropout_;
   std::vector<std::shared_ptr<Layer>> layers_;
-  std::shared_ptr<Dense> pooler_;
+  std::shared_ptr<Linear> pooler_;
 };
 
 // Every tensor of a Hugging Face model directory as stored (model.safetensors

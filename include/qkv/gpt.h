@@ -60,23 +60,6 @@ struct GPTConfig {
   void validate() const;  // qkv::Error naming the bad field and value
 };
 
-// Keys and values of every layer for incremental decoding: one [B, H, capacity,
-// Dh] f32 pair per layer, of which the first length() positions are filled.
-class KVCache {
- public:
-  KVCache() = default;
-  KVCache(const GPTConfig& config, int64_t batch, int64_t capacity);
-  int64_t length() const { return length_; }
-  int64_t capacity() const { return capacity_; }
-  int64_t batch() const { return batch_; }
-  void clear() { length_ = 0; }
-
- private:
-  friend class GPT;
-  std::vector<Tensor> keys_, values_;
-  int64_t batch_ = 0, capacity_ = 0, length_ = 0;
-};
-
 struct GenerationOptions {
   int64_t max_new_tokens = 256;
   double temperature = 1.0;  // 0: greedy (argmax)
@@ -106,6 +89,7 @@ class GPT : public Module {
   // forward() on the whole prefix within f32 tolerance. qkv::Error when the
   // cache would pass its capacity or the context.
   Tensor forward_cached(const Tensor& ids, KVCache& cache) const;
+  // One AttentionCache per layer, [batch, n_head, capacity, head_dim] each.
   KVCache make_cache(int64_t batch, int64_t capacity = 0) const;  // 0: context
 
   // Autoregressive sampling after `prompt` (non-empty, ids in [0, vocab)).

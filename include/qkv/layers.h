@@ -12,11 +12,13 @@
 // training mode (Module::train / eval).
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <map>
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "qkv/attention_variant.h"
@@ -37,6 +39,9 @@ struct LinearConfig {
 class Linear : public Module {
  public:
   Linear(const LinearConfig& config, Generator& generator);
+  // Allocated, not initialised: for a model that initialises its own way
+  // (transformers' _init_weights) or loads a checkpoint.
+  explicit Linear(const LinearConfig& config);
   // x: [..., in] -> [..., out]
   autograd::Variable forward(const autograd::Variable& x) const;
   const LinearConfig& config() const { return config_; }
@@ -60,6 +65,8 @@ struct EmbeddingConfig {
 class Embedding : public Module {
  public:
   Embedding(const EmbeddingConfig& config, Generator& generator);
+  // Allocated, not initialised (as Linear's).
+  explicit Embedding(const EmbeddingConfig& config);
   // Wraps trained vectors (GloVe, word2vec, a checkpoint) [num, dim]; frozen
   // ones get no gradient (torch.nn.Embedding.from_pretrained).
   static std::shared_ptr<Embedding> from_pretrained(const Tensor& weight, bool freeze = true,
@@ -172,8 +179,91 @@ struct AttentionMasks {
   bool is_causal = false;
 };
 
+// The names under which a model family's checkpoints keep an attention
+// layer's projections. The input projection is packed (one [3E, E] weight and
+// [3E] bias, q, k, v stacked: torch's in_proj_weight, nanoGPT's c_attn) or
+// separate (one [E, E] weight and [E] bias each: BERT's self.query); the
+// output projection is a Linear child named `output`.
+struct AttentionNames {
+  std::string packed_weight, packed_bias;  // empty: separate projections
+  std::string query_weight, query_bias, key_weight, key_bias, value_weight, value_bias;
+  std::string output;
+
+  // torch.nn.MultiheadAttention: in_proj_weight, in_proj_bias, out_proj (with
+  // kdim / vdim != E: q_proj_weight, k_proj_weight, v_proj_weight beside the
+  // packed in_proj_bias, as torch does).
+  static AttentionNames torch();
+  // nanoGPT / GPT-2: c_attn.{weight,bias} packed, c_proj.
+  static AttentionNames nanogpt();
+  // transformers' BERT family (BertAttention): self.{query,key,value}.{weight,bias},
+  // output.dense.
+  static AttentionNames bert();
+};
+
+// How an attention layer fills its parameters when it is made.
+enum class AttentionInit {
+  torch,  // torch's _reset_parameters: Xavier-uniform projections, zero biases
+  none,   // allocated only, nothing drawn: the model initialises or loads them,
+          // and gives dropout seeds per call (AttentionCall::dropout_seed)
+};
+
+// The keys and values one attention layer has seen, for incremental
+// decoding: [B, H, capacity, Dh] f32 each, of which the first length()
+// positions are filled. A decoder holds one per self-attention layer (KVCache).
+class AttentionCache {
+ public:
+  AttentionCache() = default;
+  AttentionCache(int64_t batch, int64_t heads, int64_t capacity, int64_t head_dim);
+  int64_t length() const { return length_; }
+  int64_t capacity() const { return keys_.defined() ? keys_.size(2) : 0; }
+  int64_t batch() const { return keys_.defined() ? keys_.size(0) : 0; }
+  int64_t heads() const { return keys_.defined() ? keys_.size(1) : 0; }
+  int64_t head_dim() const { return keys_.defined() ? keys_.size(3) : 0; }
+  void clear() { length_ = 0; }
+  // Appends k, v [B, T, H, Dh] at length() and returns every key and value
+  // so far, [B, H, length() + T, Dh] views; length() grows by T. qkv::Error
+  // (naming `op`) when the shapes differ from the cache's or T passes the capacity.
+  std::pair<Tensor, Tensor> append(const Tensor& k, const Tensor& v, const char* op);
+
+ private:
+  Tensor keys_, values_;
+  int64_t length_ = 0;
+};
+
+// One AttentionCache per layer of a decoder, filled in step.
+class KVCache {
+ public:
+  KVCache() = default;
+  KVCache(int64_t layers, int64_t batch, int64_t heads, int64_t capacity, int64_t head_dim);
+  int64_t length() const { return layers_.empty() ? 0 : layers_.front().length(); }
+  int64_t capacity() const { return layers_.empty() ? 0 : layers_.front().capacity(); }
+  int64_t batch() const { return layers_.empty() ? 0 : layers_.front().batch(); }
+  int64_t num_layers() const { return static_cast<int64_t>(layers_.size()); }
+  AttentionCache& layer(int64_t i) { return layers_.at(static_cast<size_t>(i)); }
+  const AttentionCache& layer(int64_t i) const { return layers_.at(static_cast<size_t>(i)); }
+  void clear();
+
+ private:
+  std::vector<AttentionCache> layers_;
+};
+
+// One self-attention call beyond torch's masks: a decoder's cache, the
+// model's dropout stream, the weights to show.
+struct AttentionCall {
+  AttentionMasks masks;
+  // Append this call's keys and values and attend over every cached one
+  // (no gradient; the queries are positions length() .. + T: rotary offset,
+  // bottom-right causal).
+  AttentionCache* cache = nullptr;
+  // Training: the dropout mask's seed from the model's stream (GPT), instead
+  // of the layer's own (AttentionInit::torch layers have one).
+  std::optional<uint64_t> dropout_seed;
+  // Every head's weights [B, H, Lq, Lk] (before dropout, no gradient).
+  Tensor* weights = nullptr;
+};
+
 // Multi-head attention as a Module with torch.nn.MultiheadAttention's
-// parameters: "in_proj_weight" [3E, E] (or "q_proj_weight", "k_proj_weight",
+// parameters (or a family's: config.names): "in_proj_weight" [3E, E] (or "q_proj_weight", "k_proj_weight",
 // "v_proj_weight" when kdim / vdim differ from E), "in_proj_bias",
 // "out_proj.weight", "out_proj.bias"; Xavier-uniform projections, zero biases.
 // Any attention variant (qkv/attention_variant.h, the base: config.positions,
@@ -188,6 +278,8 @@ struct AttentionConfig : AttentionVariant {
   int64_t kdim = 0;  // 0: embed_dim
   int64_t vdim = 0;  // 0: embed_dim
   bool batch_first = false;
+  AttentionNames names = AttentionNames::torch();
+  AttentionInit init = AttentionInit::torch;
 };
 
 class Attention : public Module {
@@ -208,12 +300,34 @@ class Attention : public Module {
                                    const autograd::Variable& value,
                                    const AttentionMasks& masks = {},
                                    bool average_attn_weights = true);
+  // Self-attention of x [B, L, E] (batch_first) or [L, B, E] -> like x: one
+  // input projection when it is packed, recorded as one op with one packed
+  // gradient where the variant allows (softmax without learned positions).
+  autograd::Variable forward(const autograd::Variable& x, const AttentionCall& call);
   const AttentionConfig& config() const { return config_; }
   const char* type_name() const override { return "MultiheadAttention"; }
   // Performer: draws new random features (the paper redraws them during training).
   void redraw_features(uint64_t seed);
+  // The projections (for a model's own initialisation): the packed [3E, E]
+  // weight and [3E] bias (undefined when separate or without bias), the
+  // separate q, k, v weights and biases (i = 0, 1, 2), the output Linear.
+  const autograd::Variable& packed_weight() const { return in_proj_weight_; }
+  const autograd::Variable& packed_bias() const { return in_proj_bias_; }
+  const autograd::Variable& separate_weight(int i) const { return separate_weight_.at(i); }
+  const autograd::Variable& separate_bias(int i) const { return separate_bias_.at(i); }
+  Linear& output_projection() const { return *out_proj_; }
 
  private:
+  // torch's masks as the fused kernel's options, checked against the sizes.
+  AttentionOptions mask_options(const AttentionMasks& masks, int64_t batch, int64_t lq,
+                                int64_t lk) const;
+  // The dropout of one training call: the call's seed or the layer's stream.
+  void set_dropout(AttentionOptions& o, const std::optional<uint64_t>& seed);
+  // Whether self-attention runs as one packed op (no learned positions, softmax).
+  bool packed_op() const;
+  // The bias of projection i (0: q, 1: k, 2: v): a slice of the packed one,
+  // the separate one, or undefined.
+  autograd::Variable input_bias(int which) const;
   WithWeights run(const autograd::Variable& query, const autograd::Variable& key,
                   const autograd::Variable& value, const AttentionMasks& masks, bool weights,
                   bool average);
@@ -223,10 +337,10 @@ class Attention : public Module {
                             const autograd::Variable& v, AttentionOptions options,
                             Tensor* weights);
   AttentionConfig config_;
-  autograd::Variable in_proj_weight_, q_proj_weight_, k_proj_weight_, v_proj_weight_;
-  autograd::Variable in_proj_bias_;
+  autograd::Variable in_proj_weight_, in_proj_bias_;     // packed
+  std::array<autograd::Variable, 3> separate_weight_, separate_bias_;  // q, k, v
   std::shared_ptr<Linear> out_proj_;
-  Generator dropout_generator_;
+  std::optional<Generator> dropout_generator_;  // AttentionInit::torch only
   std::map<std::string, autograd::Variable> variant_;  // the variant's learned tensors
   Tensor performer_projection_;                        // [m, Dh], performer only
 };

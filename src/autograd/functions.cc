@@ -353,6 +353,48 @@ Variable attention(const Variable& q_in, const Variable& k_in, const Variable& v
       });
 }
 
+Variable packed_self_attention(const Variable& qkv_in, int64_t heads,
+                               const std::optional<RotaryOptions>& rotary,
+                               const AttentionOptions& options) {
+  const bool bf16 = autocast_enabled() && qkv_in.dtype() == DType::f32;
+  const Variable qkv = bf16 ? to(qkv_in, DType::bf16) : qkv_in;
+  const Shape shape = qkv.shape();  // [B, L, 3 H Dh]
+  QKV_CHECK(qkv.dim() == 3 && heads > 0 && shape[2] % (3 * heads) == 0,
+            "packed_self_attention: qkv has shape ", shape_string(shape), "; expected [B, L, 3 * ",
+            heads, " * head_dim]");
+  const int64_t b = shape[0], l = shape[1], dh = shape[2] / (3 * heads);
+  const Tensor packed = qkv.value().view({b, l, 3, heads, dh});
+  Tensor q = packed.select(2, 0), k = packed.select(2, 1);
+  const Tensor v = packed.select(2, 2);
+  if (rotary) {
+    q = qkv::rotary_embedding(q, *rotary), k = qkv::rotary_embedding(k, *rotary);
+    if (bf16) q = q.to(DType::bf16), k = k.to(DType::bf16);
+  }
+  const bool recording = grad_enabled() && qkv.requires_grad();
+  AttentionOptions o = options;
+  o.layout = AttentionLayout::blhd;
+  o.return_lse = recording;
+  o.weights_heads.clear();
+  AttentionResult r = qkv::attention(q, k, v, o);
+  Tensor out = r.output;
+  if (!recording) return Variable(std::move(out));
+  return record("self_attention", std::move(out), {qkv},
+                [q, k, v, saved = std::move(r), o, rotary, shape](const Tensor& g) {
+                  AttentionGradients a = attention_backward(g, q, k, v, saved, o);
+                  if (rotary) {
+                    a.grad_q = qkv::rotary_embedding_backward(a.grad_q, *rotary);
+                    a.grad_k = qkv::rotary_embedding_backward(a.grad_k, *rotary);
+                  }
+                  Tensor grad = Tensor::empty(shape);
+                  const Tensor parts =
+                      grad.view(Shape{shape[0], shape[1], 3, q.size(2), q.size(3)});
+                  parts.select(2, 0).copy_(a.grad_q);
+                  parts.select(2, 1).copy_(a.grad_k);
+                  parts.select(2, 2).copy_(a.grad_v);
+                  return std::vector<Tensor>{grad};
+                });
+}
+
 Variable t5_attention(const Variable& q_in, const Variable& k_in, const Variable& v_in,
                       const Variable& table, const T5BiasOptions& t5,
                       const AttentionOptions& options) {

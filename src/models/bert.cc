@@ -280,58 +280,15 @@ void BertConfig::validate() const {
 
 // ---- parameters and one encoder layer ---------------------------------------------
 
-// torch.nn.Linear's parameters and product, allocated uninitialised: the
-// model fills them with transformers' initialisation or a checkpoint's values.
-class BertModel::Dense : public Module {
- public:
-  Dense(int64_t in, int64_t out) {
-    weight_ = register_parameter("weight", Tensor::empty({out, in}));
-    bias_ = register_parameter("bias", Tensor::empty({out}));
-  }
-  // x [..., in] -> [..., out]
-  Variable forward(const Variable& x) const { return autograd::linear(x, weight_, bias_); }
-  const Variable& weight() const { return weight_; }
-  const Variable& bias() const { return bias_; }
-  const char* type_name() const override { return "Linear"; }
-
- private:
-  Variable weight_, bias_;
-};
-
-// torch.nn.Embedding's table, likewise uninitialised; the padding row gets
-// no gradient.
-class BertModel::Table : public Module {
- public:
-  Table(int64_t rows, int64_t dim, std::optional<int64_t> padding_idx)
-      : padding_idx_(padding_idx.value_or(-1)) {
-    weight_ = register_parameter("weight", Tensor::empty({rows, dim}));
-  }
-  // ids (any shape) -> [..., dim]
-  Variable forward(const Tensor& ids) const {
-    return autograd::embedding(weight_, ids, padding_idx_);
-  }
-  // rows [start, start + length) as a [length, dim] view
-  Variable rows(int64_t start, int64_t length) const {
-    return autograd::narrow(weight_, 0, start, length);
-  }
-  const Variable& weight() const { return weight_; }
-  const char* type_name() const override { return "Embedding"; }
-
- private:
-  int64_t padding_idx_;
-  Variable weight_;
-};
-
 class BertModel::Layer : public Module {
  public:
   Layer(const BertConfig& c, Generator& generator)
-      : heads_(c.num_attention_heads),
-        act_(*activation_of(c.hidden_act)),
+      : act_(*activation_of(c.hidden_act)),
         attention_dropout_p_(c.attention_probs_dropout_prob),
         attention_generator_(generator.next_u64()) {
     const int64_t h = c.hidden_size, ff = c.intermediate_size;
     auto linear = [&](const char* name, int64_t in, int64_t out) {
-      return register_module(name, std::make_shared<Dense>(in, out));
+      return register_module(name, std::make_shared<Linear>(LinearConfig{in, out}));
     };
     auto norm = [&](const char* name) {
       return register_module(
@@ -341,10 +298,17 @@ class BertModel::Layer : public Module {
     auto dropout = [&](const char* name, double p) {
       return register_module(name, std::make_shared<Dropout>(DropoutConfig{p}, generator));
     };
-    query_ = linear("attention.self.query", h, h);
-    key_ = linear("attention.self.key", h, h);
-    value_ = linear("attention.self.value", h, h);
-    attention_dense_ = linear("attention.output.dense", h, h);
+    // BertAttention: self.{query,key,value} and output.dense; its LayerNorm
+    // and dropout are the layer's (registered beside it under its names).
+    attention_ = register_module(
+        "attention", std::make_shared<Attention>(
+                         AttentionConfig{.embed_dim = h,
+                                         .num_heads = c.num_attention_heads,
+                                         .dropout = c.attention_probs_dropout_prob,
+                                         .batch_first = true,
+                                         .names = AttentionNames::bert(),
+                                         .init = AttentionInit::none},
+                         generator));
     attention_norm_ = norm("attention.output.LayerNorm");
     attention_dropout_ = dropout("attention.output.dropout", c.hidden_dropout_prob);
     intermediate_ = linear("intermediate.dense", h, ff);
@@ -356,47 +320,12 @@ class BertModel::Layer : public Module {
   // x [B, L, H]; padding [B, L] bool (true = padding) or undefined. With
   // `weights`, the attention weights [B, heads, L, L] are written there.
   Variable forward(const Variable& x, const Tensor& padding, Tensor* weights) {
-    const int64_t b = x.size(0), l = x.size(1), h = x.size(2), dh = h / heads_;
-    Variable q, k, v;  // [B, L, heads, Dh] views: the fused kernel reads them in place
-    if (!autograd::grad_enabled() && autograd::autocast_enabled()) {
-      // bf16 inference: the three weights stacked [3H, H] and converted to
-      // bf16 in one copy (autocast would convert each per call anyway), one
-      // product, its output converted once for the attention: 3% faster on
-      // all-MiniLM-L6-v2 at batch 32. (In f32 the stacking copy costs more than
-      // the single product saves at batch 1.)
-      Tensor w = Tensor::empty({3 * h, h}, DType::bf16), bias = Tensor::empty({3 * h});
-      const Dense* parts[] = {query_.get(), key_.get(), value_.get()};
-      for (int64_t i = 0; i < 3; ++i) {
-        w.narrow(0, i * h, h).copy_(parts[i]->weight().value());
-        bias.narrow(0, i * h, h).copy_(parts[i]->bias().value());
-      }
-      const Variable y = autograd::reshape(
-          autograd::to(autograd::linear(x, Variable(w), Variable(bias)), DType::bf16),
-          {b, l, 3, heads_, dh});
-      q = autograd::select(y, 2, 0), k = autograd::select(y, 2, 1), v = autograd::select(y, 2, 2);
-    } else {
-      auto heads = [&](const Dense& projection) {
-        return autograd::reshape(projection.forward(x), {b, l, heads_, dh});
-      };
-      q = heads(*query_), k = heads(*key_), v = heads(*value_);
-    }
-    AttentionOptions o;
-    o.layout = AttentionLayout::blhd;
-    o.key_padding_mask = padding;
-    if (weights) {
-      autograd::NoGradGuard no_grad;
-      AttentionOptions w = o;
-      for (int64_t i = 0; i < heads_; ++i) w.weights_heads.push_back(i);
-      *weights = attention(q.value(), k.value(), v.value(), w).weights;
-    }
-    if (training() && attention_dropout_p_ > 0) {
-      o.dropout = attention_dropout_p_;
-      o.dropout_seed = attention_generator_.next_u64();
-    }
-    const Variable context = autograd::reshape(autograd::attention(q, k, v, o), {b, l, h});
+    AttentionCall call{.masks = {.key_padding_mask = padding}, .weights = weights};
+    if (training() && attention_dropout_p_ > 0)
+      call.dropout_seed = attention_generator_.next_u64();
     // BertSelfOutput, BertIntermediate, BertOutput: LN(dropout(dense(y)) + residual).
     const Variable a = attention_norm_->forward(
-        autograd::add(attention_dropout_->forward(attention_dense_->forward(context)), x));
+        autograd::add(attention_dropout_->forward(attention_->forward(x, call)), x));
     const Variable inner = activate(act_, intermediate_->forward(a));
     return output_norm_->forward(
         autograd::add(output_dropout_->forward(output_dense_->forward(inner)), a));
@@ -405,11 +334,11 @@ class BertModel::Layer : public Module {
   const char* type_name() const override { return "BertLayer"; }
 
  private:
-  int64_t heads_;
   Act act_;
   double attention_dropout_p_;
   Generator attention_generator_;
-  std::shared_ptr<Dense> query_, key_, value_, attention_dense_, intermediate_, output_dense_;
+  std::shared_ptr<Attention> attention_;
+  std::shared_ptr<Linear> intermediate_, output_dense_;
   std::shared_ptr<LayerNorm> attention_norm_, output_norm_;
   std::shared_ptr<Dropout> attention_dropout_, output_dropout_;
 };
@@ -423,15 +352,15 @@ BertModel::BertModel(const BertConfig& config, Generator& generator, bool initia
     : config_(config) {
   config_.validate();
   const int64_t h = config_.hidden_size;
-  word_embeddings_ =
-      register_module("embeddings.word_embeddings",
-                      std::make_shared<Table>(config_.vocab_size, h, config_.pad_token_id));
+  auto table = [&](const char* name, int64_t rows, std::optional<int64_t> padding_idx) {
+    return register_module(name,
+                           std::make_shared<Embedding>(EmbeddingConfig{rows, h, padding_idx}));
+  };
+  word_embeddings_ = table("embeddings.word_embeddings", config_.vocab_size, config_.pad_token_id);
   position_embeddings_ =
-      register_module("embeddings.position_embeddings",
-                      std::make_shared<Table>(config_.max_position_embeddings, h, std::nullopt));
+      table("embeddings.position_embeddings", config_.max_position_embeddings, std::nullopt);
   token_type_embeddings_ =
-      register_module("embeddings.token_type_embeddings",
-                      std::make_shared<Table>(config_.type_vocab_size, h, std::nullopt));
+      table("embeddings.token_type_embeddings", config_.type_vocab_size, std::nullopt);
   embeddings_norm_ =
       register_module("embeddings.LayerNorm",
                       std::make_shared<LayerNorm>(
@@ -443,7 +372,7 @@ BertModel::BertModel(const BertConfig& config, Generator& generator, bool initia
     layers_.push_back(register_module("encoder.layer." + std::to_string(i),
                                       std::make_shared<Layer>(config_, generator)));
   if (config_.add_pooling_layer)
-    pooler_ = register_module("pooler.dense", std::make_shared<Dense>(h, h));
+    pooler_ = register_module("pooler.dense", std::make_shared<Linear>(LinearConfig{h, h}));
   if (!initialise) return;
   init_bert_weights(*this, config_, generator);
   if (config_.pad_token_id)
@@ -479,9 +408,10 @@ BertOutput BertModel::forward(const Tensor& input_ids, const Tensor& attention_m
   // Without token_type_ids every position is type 0, and positions are
   // 0 .. L - 1: rows of the tables broadcast over the batch, no gather.
   Variable x = word_embeddings_->forward(input_ids);
-  x = autograd::add(x, token_type_ids.defined() ? token_type_embeddings_->forward(token_type_ids)
-                                                : token_type_embeddings_->rows(0, 1));
-  x = autograd::add(x, position_embeddings_->rows(0, l));
+  x = autograd::add(x, token_type_ids.defined()
+                          ? token_type_embeddings_->forward(token_type_ids)
+                          : autograd::narrow(token_type_embeddings_->weight(), 0, 0, 1));
+  x = autograd::add(x, autograd::narrow(position_embeddings_->weight(), 0, 0, l));
   x = embeddings_dropout_->forward(embeddings_norm_->forward(x));
 
   BertOutput out;

@@ -10,6 +10,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "nn/init.h"
 #include "qkv/gpt.h"
 #include "qkv/positions.h"
 
@@ -44,65 +45,25 @@ void init_normal(const Variable& weight, double std, Generator& generator) {
   w.copy_(scale(randn(w.shape(), generator), std));
 }
 
-std::shared_ptr<Linear> make_linear(int64_t in, int64_t out, bool bias, double std,
-                                    Generator& generator) {
-  auto linear = std::make_shared<Linear>(LinearConfig{in, out, bias}, generator);
-  init_normal(linear->weight(), std, generator);
-  if (bias) {
-    Tensor b = linear->bias().value();
-    b.copy_(Tensor::zeros({out}));
+// A Linear's weight [out, in] and bias as nanoGPT initialises them, with
+// torch's draws: nn.Linear's own kaiming-uniform weight and bias first
+// (overwritten, as in torch), then _init_weights' N(0, std) weight, zero bias.
+void init_linear(const Variable& weight, const Variable& bias, double std, Generator& generator) {
+  const double bound = 1.0 / std::sqrt(static_cast<double>(weight.size(1)));
+  detail::uniform(weight.shape(), bound, generator);
+  if (bias.defined()) detail::uniform(bias.shape(), bound, generator);
+  init_normal(weight, std, generator);
+  if (bias.defined()) {
+    Tensor b = bias.value();
+    b.copy_(Tensor::zeros(b.shape()));
   }
-  return linear;
 }
 
-// One layer's slice of the cache: keys, values [B, H, capacity, Dh].
-struct LayerCache {
-  Tensor keys, values;
-};
-
-// Causal self-attention over the packed projection qkv [B, T, 3d] (q, k, v
-// side by side, nanoGPT's c_attn) -> [B, T, H, Dh], recorded as one op. The
-// heads are strided [B, T, H, Dh] views of qkv (no split copies), and the
-// backward writes dq, dk, dv into one [B, T, 3d] gradient, where three
-// narrow()s would each hand the tape a zero-filled [B, T, 3d] to add up.
-Variable packed_self_attention(const Variable& qkv_in, int64_t heads,
-                               const std::optional<RotaryOptions>& rotary, double dropout,
-                               uint64_t dropout_seed) {
-  const bool bf16 = autograd::autocast_enabled() && qkv_in.dtype() == DType::f32;
-  const Variable qkv = bf16 ? autograd::to(qkv_in, DType::bf16) : qkv_in;
-  const Shape shape = qkv.shape();  // [B, T, 3d]
-  const int64_t b = shape[0], t = shape[1], d = shape[2] / 3, dh = d / heads;
-  const Tensor packed = qkv.value().view({b, t, 3, heads, dh});
-  Tensor q = packed.select(2, 0), k = packed.select(2, 1);
-  const Tensor v = packed.select(2, 2);
-  if (rotary) {
-    q = rotary_embedding(q, *rotary), k = rotary_embedding(k, *rotary);
-    if (bf16) q = q.to(DType::bf16), k = k.to(DType::bf16);
-  }
-  const bool recording = autograd::grad_enabled() && qkv.requires_grad();
-  const AttentionOptions options{.layout = AttentionLayout::blhd,
-                                 .causal = Causal::top_left,
-                                 .dropout = dropout,
-                                 .dropout_seed = dropout_seed,
-                                 .return_lse = recording};
-  AttentionResult r = attention(q, k, v, options);
-  Tensor out = r.output;
-  if (!recording) return Variable(std::move(out));
-  return autograd::record(
-      "self_attention", std::move(out), {qkv},
-      [q, k, v, saved = std::move(r), options, rotary, shape](const Tensor& g) {
-        AttentionGradients a = attention_backward(g, q, k, v, saved, options);
-        if (rotary) {
-          a.grad_q = rotary_embedding_backward(a.grad_q, *rotary);
-          a.grad_k = rotary_embedding_backward(a.grad_k, *rotary);
-        }
-        Tensor grad = Tensor::empty(shape);
-        const Tensor parts = grad.view(Shape{shape[0], shape[1], 3, q.size(2), q.size(3)});
-        parts.select(2, 0).copy_(a.grad_q);
-        parts.select(2, 1).copy_(a.grad_k);
-        parts.select(2, 2).copy_(a.grad_v);
-        return std::vector<Tensor>{grad};
-      });
+std::shared_ptr<Linear> make_linear(int64_t in, int64_t out, bool bias, double std,
+                                    Generator& generator) {
+  auto linear = std::make_shared<Linear>(LinearConfig{in, out, bias});
+  init_linear(linear->weight(), linear->bias(), std, generator);
+  return linear;
 }
 
 }  // namespace
@@ -110,7 +71,7 @@ Variable packed_self_attention(const Variable& qkv_in, int64_t heads,
 // How one pass through the model runs.
 struct GPT::Pass {
   int64_t start = 0;                    // the position of ids' first token
-  KVCache* cache = nullptr;             // append k, v to it and attend over all of it
+  KVCache* cache = nullptr;             // each layer appends k, v to its own and attends over all
   Generator* dropout = nullptr;         // training: the masks' source
   std::vector<Tensor>* maps = nullptr;  // collect each layer's attention weights
 };
@@ -210,21 +171,6 @@ GPTConfig GPTConfig::from_json(const std::string& text) {
   return c;
 }
 
-// ---- the cache ---------------------------------------------------------------
-
-KVCache::KVCache(const GPTConfig& config, int64_t batch, int64_t capacity)
-    : batch_(batch), capacity_(capacity) {
-  config.validate();
-  QKV_CHECK(batch > 0, "KVCache: batch must be positive, got ", batch);
-  QKV_CHECK(capacity > 0 && capacity <= config.context, "KVCache: capacity ", capacity,
-            " must be in [1, context ", config.context, "]");
-  const Shape shape{batch, config.n_head, capacity, config.d_model / config.n_head};
-  for (int64_t l = 0; l < config.n_layer; ++l) {
-    keys_.push_back(Tensor::empty(shape));
-    values_.push_back(Tensor::empty(shape));
-  }
-}
-
 // ---- the blocks ----------------------------------------------------------------
 
 class GPT::Block : public Module {
@@ -234,22 +180,41 @@ class GPT::Block : public Module {
     const double std = 0.02, residual_std = 0.02 / std::sqrt(2.0 * static_cast<double>(c.n_layer));
     const LayerNormConfig norm{.dim = d, .bias = c.bias};
     ln_1_ = register_module("ln_1", std::make_shared<LayerNorm>(norm, generator));
-    auto attn = register_module("attn", std::make_shared<Container>("CausalSelfAttention"));
-    c_attn_ = attn->add("c_attn", make_linear(d, 3 * d, c.bias, std, generator));
-    attn_proj_ = attn->add("c_proj", make_linear(d, d, c.bias, residual_std, generator));
+    // CausalSelfAttention: c_attn [3d, d] packed, c_proj; the model gives the
+    // dropout seeds (its one stream, saved with checkpoints).
+    AttentionConfig a{.embed_dim = d,
+                      .num_heads = c.n_head,
+                      .dropout = c.dropout,
+                      .bias = c.bias,
+                      .batch_first = true,
+                      .names = AttentionNames::nanogpt(),
+                      .init = AttentionInit::none};
+    if (c.positions == GPTPositions::rotary) {
+      a.positions = AttentionPositions::rotary;
+      a.rotary = {.base = c.rotary_base, .style = RotaryStyle::rotate_half};
+    }
+    attn_ = register_module("attn", std::make_shared<Attention>(a, generator));
+    init_linear(attn_->packed_weight(), attn_->packed_bias(), std, generator);
+    Linear& c_proj = attn_->output_projection();
+    init_linear(c_proj.weight(), c_proj.bias(), residual_std, generator);
     ln_2_ = register_module("ln_2", std::make_shared<LayerNorm>(norm, generator));
     auto mlp = register_module("mlp", std::make_shared<Container>("MLP"));
     c_fc_ = mlp->add("c_fc", make_linear(d, 4 * d, c.bias, std, generator));
     mlp_proj_ = mlp->add("c_proj", make_linear(4 * d, d, c.bias, residual_std, generator));
   }
 
-  // x [B, T, d] at positions pass.start .. + T -> [B, T, d]:
-  // x + attn(ln_1(x)), then + mlp(ln_2(x)), dropping out the residual
-  // branches and attention weights when training.
-  Variable forward(const Variable& x, const Pass& pass, const LayerCache* cache) const {
+  // x [B, T, d] -> [B, T, d]: x + attn(ln_1(x)), then + mlp(ln_2(x)),
+  // dropping out the residual branches and attention weights when training.
+  // `cache`: this layer's keys and values (decoding); pass.maps: collect the
+  // attention weights [H, T, T].
+  Variable forward(const Variable& x, const Pass& pass, AttentionCache* cache) const {
     const double p = pass.dropout ? config_.dropout : 0.0;
-    Variable h = x;
-    h = autograd::add(h, drop(attn_proj_->forward(attend(ln_1_->forward(h), pass, cache)), p, pass));
+    AttentionCall call{.masks = {.is_causal = true}, .cache = cache};
+    if (pass.dropout && config_.dropout > 0) call.dropout_seed = pass.dropout->next_u64();
+    Tensor weights;
+    if (pass.maps) call.weights = &weights;
+    Variable h = autograd::add(x, drop(attn_->forward(ln_1_->forward(x), call), p, pass));
+    if (pass.maps) pass.maps->push_back(weights.select(0, 0));
     Variable m = autograd::gelu(c_fc_->forward(ln_2_->forward(h)), GeluApproximation::tanh);
     return autograd::add(h, drop(mlp_proj_->forward(m), p, pass));
   }
@@ -261,53 +226,10 @@ class GPT::Block : public Module {
     return p > 0 ? autograd::dropout(x, p, *pass.dropout) : x;
   }
 
-  std::optional<RotaryOptions> rotary(int64_t offset) const {
-    if (config_.positions != GPTPositions::rotary) return std::nullopt;
-    return RotaryOptions{.base = config_.rotary_base,
-                         .offset = offset,
-                         .style = RotaryStyle::rotate_half,
-                         .layout = AttentionLayout::blhd};
-  }
-
-  // ln_1(x) [B, T, d] -> the heads' outputs as [B, T, d].
-  Variable attend(const Variable& x, const Pass& pass, const LayerCache* cache) const {
-    const int64_t b = x.size(0), t = x.size(1), d = config_.d_model, h = config_.n_head;
-    const Variable qkv = c_attn_->forward(x);  // [B, T, 3d]
-    if (!cache && !pass.maps) {
-      const bool drop = pass.dropout && config_.dropout > 0;
-      const Variable y =
-          packed_self_attention(qkv, h, rotary(pass.start), drop ? config_.dropout : 0.0,
-                                drop ? pass.dropout->next_u64() : 0);
-      return autograd::reshape(y, {b, t, d});
-    }
-    // Inference (no gradient): the KV cache, or the attention maps.
-    const Tensor packed = qkv.value().view({b, t, 3, h, d / h});
-    Tensor q = packed.select(2, 0), k = packed.select(2, 1), v = packed.select(2, 2);
-    if (const auto r = rotary(pass.start)) q = rotary_embedding(q, *r), k = rotary_embedding(k, *r);
-    if (pass.maps) {
-      AttentionOptions o{.layout = AttentionLayout::blhd, .causal = Causal::top_left};
-      for (int64_t i = 0; i < h; ++i) o.weights_heads.push_back(i);
-      AttentionResult r = attention(q, k, v, o);
-      pass.maps->push_back(r.weights.select(0, 0));
-      return Variable(r.output.view({b, t, d}));
-    }
-    // Keys and values [B, H, capacity, Dh]: the new positions go in at
-    // pass.start, and the new queries see every cached key up to their own
-    // position (bottom-right causal: query i is position start + i).
-    const int64_t end = pass.start + t;
-    cache->keys.narrow(2, pass.start, t).copy_(k.permute({0, 2, 1, 3}));
-    cache->values.narrow(2, pass.start, t).copy_(v.permute({0, 2, 1, 3}));
-    const AttentionOptions o{.layout = AttentionLayout::bhld,
-                             .causal = t > 1 ? Causal::bottom_right : Causal::none};
-    const Tensor out = attention(q.permute({0, 2, 1, 3}), cache->keys.narrow(2, 0, end),
-                                 cache->values.narrow(2, 0, end), o)
-                           .output;  // [B, H, T, Dh]
-    return Variable(out.permute({0, 2, 1, 3}).reshape({b, t, d}));
-  }
-
   GPTConfig config_;
   std::shared_ptr<LayerNorm> ln_1_, ln_2_;
-  std::shared_ptr<Linear> c_attn_, attn_proj_, c_fc_, mlp_proj_;
+  std::shared_ptr<Attention> attn_;
+  std::shared_ptr<Linear> c_fc_, mlp_proj_;
 };
 
 // ---- the model -----------------------------------------------------------------
@@ -362,11 +284,8 @@ Variable GPT::hidden(const Tensor& ids, const Pass& pass) const {
     x = autograd::add(x, wpe_->forward(positions));
   }
   if (pass.dropout && config_.dropout > 0) x = autograd::dropout(x, config_.dropout, *pass.dropout);
-  for (size_t l = 0; l < blocks_.size(); ++l) {
-    LayerCache layer;
-    if (pass.cache) layer = {pass.cache->keys_[l], pass.cache->values_[l]};
-    x = blocks_[l]->forward(x, pass, pass.cache ? &layer : nullptr);
-  }
+  for (size_t l = 0; l < blocks_.size(); ++l)
+    x = blocks_[l]->forward(x, pass, pass.cache ? &pass.cache->layer(int64_t(l)) : nullptr);
   return ln_f_->forward(x);
 }
 
@@ -391,39 +310,44 @@ Variable GPT::loss(const Tensor& ids, const Tensor& targets) {
 }
 
 KVCache GPT::make_cache(int64_t batch, int64_t capacity) const {
-  return KVCache(config_, batch, capacity == 0 ? config_.context : capacity);
+  if (capacity == 0) capacity = config_.context;
+  QKV_CHECK(batch > 0, "KVCache: batch must be positive, got ", batch);
+  QKV_CHECK(capacity > 0 && capacity <= config_.context, "KVCache: capacity ", capacity,
+            " must be in [1, context ", config_.context, "]");
+  return KVCache(config_.n_layer, batch, config_.n_head, capacity,
+                 config_.d_model / config_.n_head);
 }
 
 Tensor GPT::forward_cached(const Tensor& ids, KVCache& cache) const {
   const char* op = "GPT.forward_cached";
   check_ids(ids, config_.context, op);
   const int64_t b = ids.size(0), t = ids.size(1), dh = config_.d_model / config_.n_head;
-  const Shape layer_shape{cache.batch_, config_.n_head, cache.capacity_, dh};
-  QKV_CHECK(static_cast<int64_t>(cache.keys_.size()) == config_.n_layer &&
-                cache.keys_.front().shape() == layer_shape,
-            op, ": the cache was made for another model (", cache.keys_.size(), " layers of ",
-            cache.keys_.empty() ? "nothing" : shape_string(cache.keys_.front().shape()),
+  const bool fits = cache.num_layers() == config_.n_layer &&
+                    cache.layer(0).heads() == config_.n_head && cache.layer(0).head_dim() == dh;
+  QKV_CHECK(fits, op, ": the cache was made for another model (", cache.num_layers(),
+            " layers of ",
+            cache.num_layers() == 0
+                ? std::string("nothing")
+                : qkv::detail::str("[B, ", cache.layer(0).heads(), ", capacity, ",
+                                   cache.layer(0).head_dim(), "]"),
             "; this one has ", config_.n_layer, " of [B, ", config_.n_head, ", capacity, ", dh,
             "])");
-  QKV_CHECK(b == cache.batch_, op, ": ids have batch ", b, ", the cache ", cache.batch_);
-  QKV_CHECK(cache.length_ + t <= cache.capacity_, op, ": ", t, " new positions after ",
-            cache.length_, " cached pass the cache's capacity ", cache.capacity_);
+  QKV_CHECK(b == cache.batch(), op, ": ids have batch ", b, ", the cache ", cache.batch());
+  QKV_CHECK(cache.length() + t <= cache.capacity(), op, ": ", t, " new positions after ",
+            cache.length(), " cached pass the cache's capacity ", cache.capacity());
   autograd::NoGradGuard no_grad;
-  const Tensor logits = head(hidden(ids, {.start = cache.length_, .cache = &cache})).value();
-  cache.length_ += t;
-  return logits;
+  return head(hidden(ids, {.start = cache.length(), .cache = &cache})).value();
 }
 
 Tensor GPT::next_logits(const Tensor& ids, KVCache* cache) const {
   autograd::NoGradGuard no_grad;
   Pass pass;
   if (cache) {
-    QKV_CHECK(cache->length_ + ids.size(1) <= cache->capacity_,
+    QKV_CHECK(cache->length() + ids.size(1) <= cache->capacity(),
               "GPT.generate: internal error: the cache is full");
-    pass = {.start = cache->length_, .cache = cache};
+    pass = {.start = cache->length(), .cache = cache};
   }
   const Variable h = hidden(ids, pass);
-  if (cache) cache->length_ += ids.size(1);
   // Only the last position's logits: [1, d] -> [1, vocab] -> [vocab].
   return head(Variable(h.value().select(1, ids.size(1) - 1))).value().select(0, 0);
 }

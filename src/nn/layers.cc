@@ -13,17 +13,23 @@ using autograd::Variable;
 
 // ---- Linear ------------------------------------------------------------------
 
-Linear::Linear(const LinearConfig& config, Generator& generator) : config_(config) {
+Linear::Linear(const LinearConfig& config) : config_(config) {
   QKV_CHECK(config.in_features > 0 && config.out_features > 0,
             "Linear: in_features and out_features must be positive, got ", config.in_features,
             " and ", config.out_features);
+  weight_ = register_parameter("weight", Tensor::empty({config.out_features, config.in_features}));
+  if (config.bias) bias_ = register_parameter("bias", Tensor::empty({config.out_features}));
+}
+
+Linear::Linear(const LinearConfig& config, Generator& generator) : Linear(config) {
   // kaiming_uniform_(a = sqrt 5) gives bound sqrt(6 / ((1 + 5) fan_in)) = 1 / sqrt(fan_in);
   // torch draws the bias from the same interval.
   const double bound = 1.0 / std::sqrt(static_cast<double>(config.in_features));
-  weight_ = register_parameter(
-      "weight", detail::uniform({config.out_features, config.in_features}, bound, generator));
-  if (config.bias)
-    bias_ = register_parameter("bias", detail::uniform({config.out_features}, bound, generator));
+  for (const Variable* p : {&weight_, &bias_}) {
+    if (!p->defined()) continue;
+    Tensor value = p->value();  // shares the parameter's storage
+    value.copy_(detail::uniform(value.shape(), bound, generator));
+  }
 }
 
 Variable Linear::forward(const Variable& x) const {
@@ -56,6 +62,11 @@ Embedding::Embedding(const EmbeddingConfig& config, Generator& generator)
   if (config_.padding_idx)
     w.select(0, *config_.padding_idx).copy_(Tensor::zeros({config_.embedding_dim}));
   weight_ = register_parameter("weight", std::move(w));
+}
+
+Embedding::Embedding(const EmbeddingConfig& config) : config_(checked(config)) {
+  weight_ = register_parameter("weight",
+                               Tensor::empty({config_.num_embeddings, config_.embedding_dim}));
 }
 
 Embedding::Embedding(const EmbeddingConfig& config, Tensor weight, bool requires_grad)
