@@ -14,6 +14,7 @@
 
 #include <array>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -224,6 +225,8 @@ class AttentionCache {
   // so far, [B, H, length() + T, Dh] views; length() grows by T. qkv::Error
   // (naming `op`) when the shapes differ from the cache's or T passes the capacity.
   std::pair<Tensor, Tensor> append(const Tensor& k, const Tensor& v, const char* op);
+  // Every key and value so far, [B, H, length(), Dh] views.
+  std::pair<Tensor, Tensor> contents() const;
 
  private:
   Tensor keys_, values_;
@@ -247,13 +250,37 @@ class KVCache {
   std::vector<AttentionCache> layers_;
 };
 
-// One self-attention call beyond torch's masks: a decoder's cache, the
-// model's dropout stream, the weights to show.
+// The decoding state of a TransformerDecoder: per layer, the self-attention's
+// keys and values so far (a KVCache) and the cross-attention's keys and
+// values of the memory (projected on the first step, reused after).
+class DecoderCache {
+ public:
+  DecoderCache() = default;
+  DecoderCache(int64_t layers, int64_t batch, int64_t heads, int64_t capacity, int64_t head_dim)
+      : self_(layers, batch, heads, capacity, head_dim), cross_(static_cast<size_t>(layers)) {}
+  int64_t length() const { return self_.length(); }  // target positions decoded
+  int64_t capacity() const { return self_.capacity(); }
+  int64_t batch() const { return self_.batch(); }
+  int64_t num_layers() const { return self_.num_layers(); }
+  AttentionCache& self_attention(int64_t layer) { return self_.layer(layer); }
+  AttentionCache& cross_attention(int64_t layer) { return cross_.at(static_cast<size_t>(layer)); }
+  // Both emptied: the next step starts a new target over a new memory.
+  void clear();
+
+ private:
+  KVCache self_;
+  std::vector<AttentionCache> cross_;
+};
+
+// One attention call beyond torch's masks: a decoder's cache, the model's
+// dropout stream, the weights to show.
 struct AttentionCall {
   AttentionMasks masks;
-  // Append this call's keys and values and attend over every cached one
-  // (no gradient; the queries are positions length() .. + T: rotary offset,
-  // bottom-right causal).
+  // Decoding (no gradient). Self-attention: append this call's keys and
+  // values and attend over every cached one (the queries are positions
+  // length() .. + T: rotary offset, bottom-right causal). Cross-attention:
+  // the memory's keys and values, projected into an empty cache on the first
+  // call and reused after.
   AttentionCache* cache = nullptr;
   // Training: the dropout mask's seed from the model's stream (GPT), instead
   // of the layer's own (AttentionInit::torch layers have one).
@@ -304,6 +331,12 @@ class Attention : public Module {
   // input projection when it is packed, recorded as one op with one packed
   // gradient where the variant allows (softmax without learned positions).
   autograd::Variable forward(const autograd::Variable& x, const AttentionCall& call);
+  // Cross-attention of query [B, Lq, E] over memory [B, Ls, kdim] (or
+  // sequence first) -> like query. With call.cache the memory is read on the
+  // first call only (an empty cache; a default-constructed one takes the
+  // memory's sizes) and may be undefined after.
+  autograd::Variable forward(const autograd::Variable& query, const autograd::Variable& memory,
+                             const AttentionCall& call);
   const AttentionConfig& config() const { return config_; }
   const char* type_name() const override { return "MultiheadAttention"; }
   // Performer: draws new random features (the paper redraws them during training).
@@ -330,7 +363,15 @@ class Attention : public Module {
   autograd::Variable input_bias(int which) const;
   WithWeights run(const autograd::Variable& query, const autograd::Variable& key,
                   const autograd::Variable& value, const AttentionMasks& masks, bool weights,
-                  bool average);
+                  bool average, const std::optional<uint64_t>& dropout_seed = std::nullopt);
+  // x [B, L, in] -> projection `which` (0: q, 1: k, 2: v) as [B, L, H, Dh].
+  autograd::Variable project(int which, const autograd::Variable& x) const;
+  // A cached call's checks: no gradient, a variant the cache serves, no weights.
+  void check_cacheable(const char* op, const AttentionCall& call) const;
+  // q [B, L, H, Dh] over a cache's keys, values [B, H, Lk, Dh] -> [B, L, H, Dh]
+  // (query i is key position Lk - L + i for is_causal).
+  Tensor attend_cached(const Tensor& q, const Tensor& keys, const Tensor& values,
+                       const AttentionMasks& masks) const;
   // The heads' attention of the variant: q, k, v [B, L, H, Dh] -> [B, Lq, H, Dh];
   // with `weights`, also the weights of every head [B, H, Lq, Lk] (no gradient).
   autograd::Variable attend(const autograd::Variable& q, const autograd::Variable& k,
@@ -387,10 +428,23 @@ class TransformerDecoderLayer : public Module {
   autograd::Variable forward(const autograd::Variable& tgt, const autograd::Variable& memory,
                              const AttentionMasks& tgt_masks = {},
                              const AttentionMasks& memory_masks = {});
+  // Incremental decoding in eval mode, without gradient: tgt holds the new
+  // positions [B, T, d_model], causal over everything `self_cache` holds;
+  // the memory is read while `cross_cache` is empty. Equals forward() with
+  // tgt_masks.is_causal on the whole prefix, within f32 tolerance.
+  autograd::Variable forward_cached(const autograd::Variable& tgt, const autograd::Variable& memory,
+                                    AttentionCache& self_cache, AttentionCache& cross_cache,
+                                    const AttentionMasks& memory_masks = {});
   const TransformerLayerConfig& config() const { return config_; }
   const char* type_name() const override { return "TransformerDecoderLayer"; }
 
  private:
+  // The three residual blocks around the given attentions (norm_first or post-norm).
+  autograd::Variable blocks(const autograd::Variable& tgt,
+                            const std::function<autograd::Variable(const autograd::Variable&)>&
+                                self_attention,
+                            const std::function<autograd::Variable(const autograd::Variable&)>&
+                                cross_attention);
   TransformerLayerConfig config_;
   std::shared_ptr<Attention> self_attn_, multihead_attn_;
   std::shared_ptr<Linear> linear1_, linear2_;
@@ -424,6 +478,12 @@ class TransformerDecoder : public Module {
   autograd::Variable forward(const autograd::Variable& tgt, const autograd::Variable& memory,
                              const AttentionMasks& tgt_masks = {},
                              const AttentionMasks& memory_masks = {});
+  // Incremental decoding (TransformerDecoderLayer::forward_cached per layer,
+  // then the final norm): appends tgt's positions to `cache`.
+  autograd::Variable forward_cached(const autograd::Variable& tgt, const autograd::Variable& memory,
+                                    DecoderCache& cache, const AttentionMasks& memory_masks = {});
+  // A cache for `batch` sequences of up to `capacity` target positions.
+  DecoderCache make_cache(int64_t batch, int64_t capacity) const;
   const TransformerStackConfig& config() const { return config_; }
   const char* type_name() const override { return "TransformerDecoder"; }
 

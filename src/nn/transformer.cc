@@ -130,6 +130,11 @@ std::pair<Tensor, Tensor> AttentionCache::append(const Tensor& k, const Tensor& 
   return {keys_.narrow(2, 0, end), values_.narrow(2, 0, end)};
 }
 
+std::pair<Tensor, Tensor> AttentionCache::contents() const {
+  QKV_CHECK(keys_.defined(), "AttentionCache: the cache is empty (made without sizes)");
+  return {keys_.narrow(2, 0, length_), values_.narrow(2, 0, length_)};
+}
+
 KVCache::KVCache(int64_t layers, int64_t batch, int64_t heads, int64_t capacity,
                  int64_t head_dim) {
   QKV_CHECK(layers > 0, "KVCache: layers must be positive, got ", layers);
@@ -138,6 +143,11 @@ KVCache::KVCache(int64_t layers, int64_t batch, int64_t heads, int64_t capacity,
 
 void KVCache::clear() {
   for (AttentionCache& layer : layers_) layer.clear();
+}
+
+void DecoderCache::clear() {
+  self_.clear();
+  for (AttentionCache& layer : cross_) layer.clear();
 }
 
 Attention::Attention(const AttentionConfig& config, Generator& generator) : config_(config) {
@@ -312,9 +322,10 @@ Attention::WithWeights Attention::forward_with_weights(const Variable& query, co
 
 Attention::WithWeights Attention::run(const Variable& query, const Variable& key,
                                       const Variable& value, const AttentionMasks& masks,
-                                      bool want_weights, bool average) {
+                                      bool want_weights, bool average,
+                                      const std::optional<uint64_t>& dropout_seed) {
   const char* op = "MultiheadAttention";
-  const int64_t e = config_.embed_dim, h = config_.num_heads, dh = e / h;
+  const int64_t e = config_.embed_dim;
   const bool bf = config_.batch_first;
   check_sequence(op, "query", query, e, bf);
   detail::check_features(op, "key", key.value(), "kdim", config_.kdim, 3);
@@ -326,17 +337,12 @@ Attention::WithWeights Attention::run(const Variable& query, const Variable& key
             op, ": query ", shape_string(query.shape()), ", key ", shape_string(key.shape()),
             " and value ", shape_string(value.shape()), " disagree on batch or length");
 
-  // x W_i^T + b_i with W_i rows [i E, (i + 1) E) of the packed weight,
   // [L0, L1, E] -> [L0, L1, H, Dh] -> [B, L, H, Dh] (views).
-  auto project = [&](int which, const Variable& x) {
-    const Variable w = in_proj_weight_.defined()
-                           ? autograd::narrow(in_proj_weight_, 0, which * e, e)
-                           : separate_weight_[which];
-    const Variable y =
-        autograd::reshape(autograd::linear(x, w, input_bias(which)), {x.size(0), x.size(1), h, dh});
+  auto heads_of = [&](int which, const Variable& x) {
+    const Variable y = project(which, x);
     return bf ? y : autograd::transpose(y, 0, 1);
   };
-  const Variable q = project(0, query), k = project(1, key), v = project(2, value);
+  const Variable q = heads_of(0, query), k = heads_of(1, key), v = heads_of(2, value);
 
   AttentionOptions o = mask_options(masks, batch, lq, lk);
   WithWeights out;
@@ -346,12 +352,42 @@ Attention::WithWeights Attention::run(const Variable& query, const Variable& key
     attend(q, k, v, o, &weights);
     out.weights = average ? mean(weights, 1) : weights;
   }
-  set_dropout(o, std::nullopt);
+  set_dropout(o, dropout_seed);
   // [B, Lq, H, Dh] -> rows in the query's order [L0, L1, E] -> out_proj.
   Variable heads = attend(q, k, v, o, nullptr);
   if (!bf) heads = autograd::transpose(heads, 0, 1);
   out.output = out_proj_->forward(autograd::reshape(heads, {query.size(0), query.size(1), e}));
   return out;
+}
+
+Variable Attention::project(int which, const Variable& x) const {
+  // x W_i^T + b_i, W_i rows [i E, (i + 1) E) of the packed weight or the separate one.
+  const int64_t e = config_.embed_dim, h = config_.num_heads;
+  const Variable w = in_proj_weight_.defined() ? autograd::narrow(in_proj_weight_, 0, which * e, e)
+                                               : separate_weight_[which];
+  return autograd::reshape(autograd::linear(x, w, input_bias(which)),
+                           {x.size(0), x.size(1), h, e / h});
+}
+
+void Attention::check_cacheable(const char* op, const AttentionCall& call) const {
+  const AttentionVariant& variant = config_;
+  QKV_CHECK(!autograd::grad_enabled(), op,
+            ": the KV cache path records no gradient; call it under NoGradGuard");
+  QKV_CHECK(variant.kernel == AttentionKernel::softmax && !variant.mask_mod &&
+                (variant.positions == AttentionPositions::none ||
+                 variant.positions == AttentionPositions::rotary),
+            op, ": a KV cache serves the softmax kernel with no or rotary positions and no "
+                "mask_mod; this layer's kernel is ", detail::kernel_name(variant.kernel));
+  QKV_CHECK(call.weights == nullptr, op, ": a call with a KV cache returns no weights");
+}
+
+Tensor Attention::attend_cached(const Tensor& q, const Tensor& keys, const Tensor& values,
+                                const AttentionMasks& masks) const {
+  const int64_t l = q.size(1);
+  AttentionOptions o = mask_options(masks, q.size(0), l, keys.size(2));
+  o.layout = AttentionLayout::bhld;
+  o.causal = masks.is_causal && l > 1 ? Causal::bottom_right : Causal::none;
+  return attention(q.permute({0, 2, 1, 3}), keys, values, o).output.permute({0, 2, 1, 3});
 }
 
 Variable Attention::input_bias(int which) const {
@@ -390,11 +426,7 @@ Variable Attention::forward(const Variable& x, const AttentionCall& call) {
     }
     packed = autograd::to(autograd::linear(in, Variable(w), Variable(bias)), DType::bf16);
   } else {
-    auto heads = [&](int i) {
-      return autograd::reshape(autograd::linear(in, separate_weight_[i], input_bias(i)),
-                               {b, l, h, dh});
-    };
-    q = heads(0), k = heads(1), v = heads(2);
+    q = project(0, in), k = project(1, in), v = project(2, in);
   }
   auto split = [&] {
     if (q.defined()) return;
@@ -404,34 +436,17 @@ Variable Attention::forward(const Variable& x, const AttentionCall& call) {
 
   Variable heads;  // [B, L, H, Dh]
   if (call.cache) {
-    // Decoding: this call's keys and values join the cache's, without gradient.
-    QKV_CHECK(!autograd::grad_enabled(), op,
-              ": the KV cache path records no gradient; call it under NoGradGuard");
-    QKV_CHECK(variant.kernel == AttentionKernel::softmax && !variant.mask_mod &&
-                  (variant.positions == AttentionPositions::none ||
-                   variant.positions == AttentionPositions::rotary),
-              op, ": a KV cache serves the softmax kernel with no or rotary positions and no "
-              "mask_mod; this layer's kernel is ", detail::kernel_name(variant.kernel));
-    QKV_CHECK(!call.masks.attn_mask.defined() && !call.masks.key_padding_mask.defined() &&
-                  call.weights == nullptr,
-              op, ": a call with a KV cache takes is_causal only (no attn_mask, "
-                  "key_padding_mask or weights)");
+    // Decoding: this call's keys and values join the cache's.
+    check_cacheable(op, call);
     split();
     Tensor qt = q.value(), kt = k.value();
-    const int64_t start = call.cache->length();
     if (variant.positions == AttentionPositions::rotary) {
       RotaryOptions r = detail::rotary_for_heads(variant.rotary);
-      r.offset = start;
+      r.offset = call.cache->length();
       qt = rotary_embedding(qt, r), kt = rotary_embedding(kt, r);
     }
-    // Query i is position start + i: it sees every cached key up to its own
-    // (bottom-right causal).
     const auto [keys, values] = call.cache->append(kt, v.value(), op);
-    const AttentionOptions o{
-        .layout = AttentionLayout::bhld,
-        .causal = call.masks.is_causal && l > 1 ? Causal::bottom_right : Causal::none};
-    const Tensor out = attention(qt.permute({0, 2, 1, 3}), keys, values, o).output;
-    heads = Variable(out.permute({0, 2, 1, 3}));
+    heads = Variable(attend_cached(qt, keys, values, call.masks));
   } else {
     AttentionOptions o = mask_options(call.masks, b, l, l);
     if (call.weights) {
@@ -453,6 +468,41 @@ Variable Attention::forward(const Variable& x, const AttentionCall& call) {
     }
   }
   const Variable y = out_proj_->forward(autograd::reshape(heads, {b, l, e}));
+  return bf ? y : autograd::transpose(y, 0, 1);
+}
+
+Variable Attention::forward(const Variable& query, const Variable& memory,
+                            const AttentionCall& call) {
+  if (!call.cache) {
+    WithWeights out =
+        run(query, memory, memory, call.masks, call.weights != nullptr, false, call.dropout_seed);
+    if (call.weights) *call.weights = out.weights;
+    return out.output;
+  }
+  const char* op = "MultiheadAttention";
+  const int64_t e = config_.embed_dim, h = config_.num_heads;
+  const bool bf = config_.batch_first;
+  check_cacheable(op, call);
+  QKV_CHECK(config_.positions == AttentionPositions::none, op,
+            ": cross-attention with a cache takes no positions");
+  check_sequence(op, "query", query, e, bf);
+  const Variable q_in = bf ? query : autograd::transpose(query, 0, 1);  // [B, Lq, E]
+  const int64_t b = q_in.size(0), l = q_in.size(1);
+  AttentionCache& cache = *call.cache;
+  if (cache.length() == 0) {
+    QKV_CHECK(memory.defined(), op, ": the first call with an empty cache needs the memory");
+    detail::check_features(op, "memory", memory.value(), "kdim", config_.kdim, 3);
+    QKV_CHECK(config_.kdim == config_.vdim, op, ": memory is both key and value, but kdim ",
+              config_.kdim, " != vdim ", config_.vdim);
+    const Variable m = bf ? memory : autograd::transpose(memory, 0, 1);  // [B, Ls, kdim]
+    QKV_CHECK(m.size(0) == b, op, ": query ", shape_string(query.shape()), " and memory ",
+              shape_string(memory.shape()), " disagree on the batch size");
+    if (cache.capacity() == 0) cache = AttentionCache(b, h, m.size(1), e / h);
+    cache.append(project(1, m).value(), project(2, m).value(), op);
+  }
+  const auto [keys, values] = cache.contents();
+  const Tensor heads = attend_cached(project(0, q_in).value(), keys, values, call.masks);
+  const Variable y = out_proj_->forward(Variable(heads.reshape({b, l, e})));
   return bf ? y : autograd::transpose(y, 0, 1);
 }
 
@@ -528,12 +578,34 @@ Variable TransformerDecoderLayer::forward(const Variable& tgt, const Variable& m
   const char* op = "TransformerDecoderLayer";
   check_sequence(op, "tgt", tgt, config_.d_model, config_.batch_first);
   check_sequence(op, "memory", memory, config_.d_model, config_.batch_first);
-  auto sa_block = [&](const Variable& x) {
-    return dropout1_->forward(self_attn_->forward(x, x, x, tgt_masks));
-  };
-  auto mha_block = [&](const Variable& x) {
-    return dropout2_->forward(multihead_attn_->forward(x, memory, memory, memory_masks));
-  };
+  return blocks(
+      tgt, [&](const Variable& x) { return self_attn_->forward(x, x, x, tgt_masks); },
+      [&](const Variable& x) { return multihead_attn_->forward(x, memory, memory, memory_masks); });
+}
+
+Variable TransformerDecoderLayer::forward_cached(const Variable& tgt, const Variable& memory,
+                                                 AttentionCache& self_cache,
+                                                 AttentionCache& cross_cache,
+                                                 const AttentionMasks& memory_masks) {
+  const char* op = "TransformerDecoderLayer.forward_cached";
+  QKV_CHECK(!training(), op, ": decoding drops nothing out; call eval() first");
+  check_sequence(op, "tgt", tgt, config_.d_model, config_.batch_first);
+  return blocks(
+      tgt,
+      [&](const Variable& x) {
+        return self_attn_->forward(x, AttentionCall{.masks = {.is_causal = true}, .cache = &self_cache});
+      },
+      [&](const Variable& x) {
+        return multihead_attn_->forward(x, memory,
+                                        AttentionCall{.masks = memory_masks, .cache = &cross_cache});
+      });
+}
+
+Variable TransformerDecoderLayer::blocks(
+    const Variable& tgt, const std::function<Variable(const Variable&)>& self_attention,
+    const std::function<Variable(const Variable&)>& cross_attention) {
+  auto sa_block = [&](const Variable& x) { return dropout1_->forward(self_attention(x)); };
+  auto mha_block = [&](const Variable& x) { return dropout2_->forward(cross_attention(x)); };
   auto ff_block = [&](const Variable& x) {
     return dropout3_->forward(feed_forward(config_.activation, *linear1_, *dropout_, *linear2_, x));
   };
@@ -596,6 +668,28 @@ Variable TransformerDecoder::forward(const Variable& tgt, const Variable& memory
   Variable x = tgt;
   for (const auto& layer : layers_) x = layer->forward(x, memory, tgt_masks, memory_masks);
   return norm_ ? norm_->forward(x) : x;
+}
+
+Variable TransformerDecoder::forward_cached(const Variable& tgt, const Variable& memory,
+                                            DecoderCache& cache,
+                                            const AttentionMasks& memory_masks) {
+  const char* op = "TransformerDecoder.forward_cached";
+  check_sequence(op, "tgt", tgt, config_.layer.d_model, config_.layer.batch_first);
+  QKV_CHECK(cache.num_layers() == static_cast<int64_t>(layers_.size()), op, ": the cache has ",
+            cache.num_layers(), " layers, this decoder ", layers_.size());
+  Variable x = tgt;
+  for (size_t i = 0; i < layers_.size(); ++i) {
+    const int64_t l = static_cast<int64_t>(i);
+    x = layers_[i]->forward_cached(x, memory, cache.self_attention(l), cache.cross_attention(l),
+                                   memory_masks);
+  }
+  return norm_ ? norm_->forward(x) : x;
+}
+
+DecoderCache TransformerDecoder::make_cache(int64_t batch, int64_t capacity) const {
+  const TransformerLayerConfig& c = config_.layer;
+  return DecoderCache(static_cast<int64_t>(layers_.size()), batch, c.nhead, capacity,
+                      c.d_model / c.nhead);
 }
 
 // ---- Transformer -------------------------------------------------------------

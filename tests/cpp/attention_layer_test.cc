@@ -11,25 +11,15 @@
 #include <vector>
 
 #include "qkv/layers.h"
+#include "support/compare.h"
 
 namespace qkv::nn {
 namespace {
 
 using autograd::Variable;
 
-std::vector<std::string> names(const Module& m) {
-  std::vector<std::string> out;
-  for (const auto& [name, v] : m.named_parameters()) out.push_back(name);
-  return out;
-}
-
-double max_abs_diff(const Tensor& a, const Tensor& b) {
-  const std::vector<double> x = a.to_values(), y = b.to_values();
-  EXPECT_EQ(x.size(), y.size());
-  double m = 0;
-  for (size_t i = 0; i < x.size(); ++i) m = std::max(m, std::fabs(x[i] - y[i]));
-  return m;
-}
+using test_support::max_abs_diff;
+constexpr auto names = test_support::parameter_names;
 
 // Every parameter away from its initial value (zero biases included).
 void perturb(Module& m, Generator& gen) {
@@ -179,6 +169,36 @@ TEST(AttentionLayer, CacheEqualsTheFullCausalForward) {
   }
 }
 
+// A cross-attention cache projects the memory once; later calls need no memory.
+TEST(AttentionLayer, CrossAttentionCacheEqualsTheThreeInputForward) {
+  const int64_t b = 2, lq = 4, ls = 6, e = 8;
+  for (const bool batch_first : {true, false}) {
+    SCOPED_TRACE(batch_first ? "batch first" : "sequence first");
+    Generator gen(6);
+    Attention layer({.embed_dim = e, .num_heads = 2, .batch_first = batch_first}, gen);
+    perturb(layer, gen);
+    auto seq = [&](int64_t l) { return batch_first ? Shape{b, l, e} : Shape{l, b, e}; };
+    const Tensor query = randn(seq(lq), gen), memory = randn(seq(ls), gen);
+    Tensor padding = Tensor::zeros({b, ls}, DType::boolean);
+    padding.data<bool>()[ls - 1] = true;
+    const AttentionMasks masks{.key_padding_mask = padding};
+    autograd::NoGradGuard no_grad;
+    const Tensor want = layer.forward(Variable(query), Variable(memory), Variable(memory), masks).value();
+    AttentionCache cache;  // takes the memory's sizes
+    const int bdim = batch_first ? 1 : 0;
+    const Tensor first =
+        layer.forward(Variable(query.narrow(bdim, 0, 1).contiguous()), Variable(memory),
+                      {.masks = masks, .cache = &cache})
+            .value();
+    EXPECT_EQ(cache.length(), ls);
+    const Tensor rest = layer.forward(Variable(query.narrow(bdim, 1, lq - 1).contiguous()),
+                                      Variable(), {.masks = masks, .cache = &cache})
+                            .value();
+    EXPECT_LE(max_abs_diff(first, want.narrow(bdim, 0, 1).contiguous()), 1e-5);
+    EXPECT_LE(max_abs_diff(rest, want.narrow(bdim, 1, lq - 1).contiguous()), 1e-5);
+  }
+}
+
 TEST(AttentionLayer, CallWeightsAreEveryHeads) {
   Generator gen(2);
   Attention layer({.embed_dim = 8, .num_heads = 2, .batch_first = true}, gen);
@@ -225,14 +245,19 @@ TEST(AttentionLayer, CacheErrors) {
   AttentionCache other_heads(1, 4, 8, 2);
   EXPECT_THROW(layer.forward(x, {.cache = &other_heads}), Error);
   AttentionCache roomy(1, 2, 8, 4);
-  EXPECT_THROW(layer.forward(x, {.masks = {.key_padding_mask = Tensor::zeros({1, 3}, DType::boolean)},
+  // The key-padding mask spans every cached key: [1, 3] here, not [1, 2].
+  EXPECT_THROW(layer.forward(x, {.masks = {.key_padding_mask = Tensor::zeros({1, 2}, DType::boolean)},
                                  .cache = &roomy}),
                Error);
+  Tensor weights;
+  EXPECT_THROW(layer.forward(x, {.cache = &roomy, .weights = &weights}), Error);
   AttentionConfig t5{.embed_dim = 8, .num_heads = 2, .batch_first = true};
   t5.positions = AttentionPositions::t5;
   Attention t5_layer(t5, gen);
   EXPECT_THROW(t5_layer.forward(x, {.cache = &roomy}), Error);
   EXPECT_THROW(AttentionCache(0, 2, 4, 4), Error);
+  AttentionCache empty_cross;
+  EXPECT_THROW(layer.forward(x, Variable(), {.cache = &empty_cross}), Error);  // no memory
   EXPECT_THROW(KVCache(0, 1, 2, 4, 4), Error);
 }
 

@@ -12,6 +12,8 @@
 #include <string>
 #include <vector>
 
+#include "support/compare.h"
+
 namespace qkv::nn {
 namespace {
 
@@ -40,13 +42,7 @@ std::vector<int32_t> random_ids(int64_t n, int64_t vocab, uint64_t seed) {
   return ids;
 }
 
-double max_abs_diff(const Tensor& a, const Tensor& b) {
-  const std::vector<double> x = a.to_values(), y = b.to_values();
-  EXPECT_EQ(x.size(), y.size());
-  double m = 0;
-  for (size_t i = 0; i < x.size(); ++i) m = std::max(m, std::fabs(x[i] - y[i]));
-  return m;
-}
+using test_support::max_abs_diff;
 
 double max_abs(const Tensor& a) {
   double m = 0;

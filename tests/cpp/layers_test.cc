@@ -9,16 +9,15 @@
 #include <string>
 #include <vector>
 
+#include "support/compare.h"
+
 namespace qkv::nn {
 namespace {
 
 using autograd::Variable;
 
-std::vector<std::string> names(const Module& m) {
-  std::vector<std::string> out;
-  for (const auto& [name, v] : m.named_parameters()) out.push_back(name);
-  return out;
-}
+constexpr auto names = test_support::parameter_names;
+using test_support::max_abs_diff;
 
 TEST(Layers, TorchNamesAndShapes) {
   Generator gen(0);
@@ -95,6 +94,49 @@ TEST(Layers, EncoderLayerGradientsMatchFiniteDifferences) {
   };
   for (const auto& [name, p] : layer.named_parameters()) check(name, p.value(), p.grad());
   check("src", input.value(), input.grad());
+}
+
+// Decoding a target in steps through the DecoderCache equals the decoder's
+// causal forward over the whole target (post-norm and pre-norm).
+TEST(Layers, DecoderCachedDecodingEqualsTheFullForward) {
+  const int64_t b = 2, lt = 6, ls = 5, d = 8;
+  for (const bool norm_first : {false, true}) {
+    SCOPED_TRACE(norm_first ? "pre-norm" : "post-norm");
+    Generator gen(12);
+    TransformerDecoder decoder({.layer = {.d_model = d,
+                                          .nhead = 2,
+                                          .dim_feedforward = 12,
+                                          .dropout = 0.1,
+                                          .batch_first = true,
+                                          .norm_first = norm_first},
+                                .num_layers = 2,
+                                .norm = true},
+                               gen);
+    decoder.eval();
+    const Tensor tgt = randn({b, lt, d}, gen), memory = randn({b, ls, d}, gen);
+    Tensor padding = Tensor::zeros({b, ls}, DType::boolean);
+    padding.data<bool>()[ls - 1] = true;
+    const AttentionMasks memory_masks{.key_padding_mask = padding};
+    autograd::NoGradGuard no_grad;
+    const Tensor want =
+        decoder.forward(Variable(tgt), Variable(memory), {.is_causal = true}, memory_masks).value();
+    DecoderCache cache = decoder.make_cache(b, lt);
+    int64_t start = 0;
+    for (const int64_t n : {2, 1, 3}) {
+      const Variable mem = start == 0 ? Variable(memory) : Variable();
+      const Tensor got = decoder
+                             .forward_cached(Variable(tgt.narrow(1, start, n).contiguous()), mem,
+                                             cache, memory_masks)
+                             .value();
+      EXPECT_LE(max_abs_diff(got, want.narrow(1, start, n).contiguous()), 1e-5) << start;
+      start += n;
+      EXPECT_EQ(cache.length(), start);
+    }
+    decoder.train();
+    EXPECT_THROW(decoder.forward_cached(Variable(tgt.narrow(1, 0, 1).contiguous()), Variable(memory),
+                                        cache),
+                 Error);  // training mode
+  }
 }
 
 TEST(Layers, DropoutOnlyInTrainingAndSeeded) {
