@@ -41,16 +41,6 @@ constexpr const char* kModelDir = "model";
 // config.json's architecture of a saved attention-pooling classifier.
 constexpr const char* kAttentionPooling = "AttentionPoolingClassifier";
 
-std::string read_file(const std::string& path, const char* what) {
-  std::error_code ec;
-  QKV_CHECK(fs::is_regular_file(path, ec), what, " '", path, "' does not exist or is not a file");
-  std::ifstream in(path, std::ios::binary);
-  QKV_CHECK(in, "cannot open ", what, " '", path, "'");
-  std::ostringstream buffer;
-  buffer << in.rdbuf();
-  return buffer.str();
-}
-
 json read_json(const std::string& path, const char* what) {
   const std::string text = read_file(path, what);
   try {

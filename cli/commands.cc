@@ -9,6 +9,7 @@
 
 #include "codec.h"
 #include "progress.h"
+#include "qkv/file.h"
 #include "qkv/qkv.h"
 #include "qkv/visualize.h"
 #include "run_dir.h"
@@ -21,15 +22,6 @@ namespace {
 namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
 
-std::string read_text(const std::string& path, const char* what) {
-  std::error_code ec;
-  QKV_CHECK(fs::is_regular_file(path, ec), what, " '", path, "' does not exist or is not a file");
-  std::ifstream in(path, std::ios::binary);
-  QKV_CHECK(in, "cannot open ", what, " '", path, "'");
-  std::ostringstream buffer;
-  buffer << in.rdbuf();
-  return buffer.str();
-}
 
 }  // namespace
 
@@ -99,7 +91,7 @@ nlohmann::json run_generate(const GenerateOptions& options, std::FILE* log) {
 
 nlohmann::json run_eval(const EvalOptions& options, std::FILE* log) {
   QKV_CHECK(options.batch > 0, "--batch must be positive, got ", options.batch);
-  const std::string text = read_text(options.data, "data file");
+  const std::string text = read_file(options.data, "data file");
   QKV_CHECK(!text.empty(), "data file '", options.data, "' is empty");
   LoadedRun run = load_run(options.checkpoint);
   const std::vector<int32_t> ids = run.codec.encode(text);
@@ -298,7 +290,7 @@ nlohmann::json run_info(const std::string& path, std::FILE* log) {
       nlohmann::json out = checkpoint_info((dir / kCheckpointFile).string(), log);
       out["run"] = path;
       if (fs::exists(dir / kConfigFile, ec))
-        out["config"] = nlohmann::json::parse(read_text((dir / kConfigFile).string(), "config"));
+        out["config"] = nlohmann::json::parse(read_file((dir / kConfigFile).string(), "config"));
       out["tokenizer"] = TextCodec::load(path).kind();
       return out;
     }
@@ -307,7 +299,7 @@ nlohmann::json run_info(const std::string& path, std::FILE* log) {
               ") nor a model directory (no config.json)");
     nlohmann::json config;
     try {
-      config = nlohmann::json::parse(read_text((dir / "config.json").string(), "config"));
+      config = nlohmann::json::parse(read_file((dir / "config.json").string(), "config"));
     } catch (const nlohmann::json::exception& e) {
       throw Error(detail::str("'", (dir / "config.json").string(), "' is not valid JSON: ", e.what()));
     }

@@ -29,13 +29,7 @@ using Clock = std::chrono::steady_clock;
 
 std::string read_text_file(const std::string& path) {
   QKV_CHECK(!path.empty(), "no data file given (--data)");
-  std::error_code ec;
-  QKV_CHECK(fs::is_regular_file(path, ec), "data file '", path, "' does not exist or is not a file");
-  std::ifstream in(path, std::ios::binary);
-  QKV_CHECK(in, "cannot open data file '", path, "'");
-  std::ostringstream buffer;
-  buffer << in.rdbuf();
-  return buffer.str();
+  return read_file(path, "data file");
 }
 
 // B windows of context + 1 tokens at random starts: inputs and next-token targets.

@@ -9,6 +9,8 @@
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
+#include <sstream>
 #include <random>
 
 namespace qkv::io {
@@ -125,6 +127,21 @@ namespace qkv {
 void write_file_atomically(const std::string& path, std::string_view bytes) {
   io::write_file_atomically(
       path, std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size()));
+}
+
+std::string read_file(const std::string& path, std::string_view what) {
+  std::error_code ec;
+  const std::filesystem::file_status status = std::filesystem::status(path, ec);
+  QKV_CHECK(std::filesystem::exists(status), what, ": cannot open '", path,
+            "': it does not exist");
+  QKV_CHECK(std::filesystem::is_regular_file(status), what, ": cannot open '", path,
+            "': it is not a regular file");
+  std::ifstream in(path, std::ios::binary);
+  QKV_CHECK(in, what, ": cannot open '", path, "': ", std::strerror(errno));
+  std::ostringstream buffer;
+  buffer << in.rdbuf();
+  QKV_CHECK(!in.bad(), what, ": cannot read '", path, "'");
+  return buffer.str();
 }
 
 }  // namespace qkv

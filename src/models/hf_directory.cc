@@ -10,6 +10,7 @@
 
 #include "io/file.h"
 #include "qkv/error.h"
+#include "qkv/file.h"
 #include "qkv/safetensors.h"
 
 namespace qkv::models::detail {
@@ -89,16 +90,9 @@ bool file_exists(const std::string& path) {
 }
 
 json read_json(const std::string& path, const char* what) {
-  std::error_code ec;
-  QKV_CHECK(std::filesystem::exists(path, ec), what, ": '", path, "' does not exist");
-  QKV_CHECK(std::filesystem::is_regular_file(path, ec), what, ": '", path,
-            "' is not a regular file");
-  std::ifstream in(path, std::ios::binary);
-  QKV_CHECK(in, what, ": cannot open '", path, "': ", std::strerror(errno));
-  std::ostringstream text;
-  text << in.rdbuf();
+  const std::string text = read_file(path, what);
   try {
-    return json::parse(text.str());
+    return json::parse(text);
   } catch (const json::exception& e) {
     throw Error(qkv::detail::str(what, ": '", path, "' is not valid JSON: ", e.what()));
   }

@@ -11,6 +11,7 @@
 
 #include "io/file.h"
 #include "qkv/error.h"
+#include "qkv/file.h"
 #include "qkv/tokenizer.h"
 #include "text/gpt2_pretokenize.h"
 #include "text/utf8.h"
@@ -28,15 +29,6 @@ std::string to_gpt2_spelling(std::string_view bytes) {
   std::string out;
   for (char c : bytes) append_utf8(out, gpt2_byte_to_code_point()[static_cast<uint8_t>(c)]);
   return out;
-}
-
-std::string read_whole_file(const std::string& path, const char* what) {
-  std::ifstream in(path, std::ios::binary);
-  QKV_CHECK(in, what, ": cannot open '", path, "'");
-  std::stringstream buffer;
-  buffer << in.rdbuf();
-  QKV_CHECK(!in.bad(), what, ": cannot read '", path, "'");
-  return buffer.str();
 }
 
 constexpr size_t kCacheLimit = 1 << 16;
@@ -185,7 +177,7 @@ ByteLevelBPE ByteLevelBPE::from_files(const std::string& vocab_json, const std::
   const char* what = "ByteLevelBPE.from_files";
   nlohmann::json doc;
   try {
-    doc = nlohmann::json::parse(read_whole_file(vocab_json, what));
+    doc = nlohmann::json::parse(read_file(vocab_json, what));
   } catch (const nlohmann::json::exception& e) {
     throw Error(detail::str(what, ": '", vocab_json, "' is not valid JSON: ", e.what()));
   }
@@ -255,7 +247,7 @@ ByteLevelBPE ByteLevelBPE::from_files(const std::string& vocab_json, const std::
             " of the 256 single-byte tokens (bytes ", missing, num_missing > 8 ? ", ..." : "",
             "); a byte-level vocabulary needs all of them");
 
-  const std::string merges_text = read_whole_file(merges_txt, what);
+  const std::string merges_text = read_file(merges_txt, what);
   std::istringstream lines(merges_text);
   std::string line;
   size_t line_no = 0;

@@ -7,6 +7,7 @@
 
 #include "io/file.h"
 #include "qkv/error.h"
+#include "qkv/file.h"
 #include "qkv/tokenizer.h"
 #include "text/utf8.h"
 
@@ -88,13 +89,10 @@ void CharTokenizer::save(const std::string& dir) const {
 
 CharTokenizer CharTokenizer::load(const std::string& dir) {
   const std::string path = (std::filesystem::path(dir) / kCharFile).string();
-  std::ifstream in(path, std::ios::binary);
-  QKV_CHECK(in, "CharTokenizer.load: cannot open '", path, "'");
-  std::stringstream buffer;
-  buffer << in.rdbuf();
+  const std::string text = read_file(path, "CharTokenizer.load");
   nlohmann::json doc;
   try {
-    doc = nlohmann::json::parse(buffer.str());
+    doc = nlohmann::json::parse(text);
   } catch (const nlohmann::json::exception& e) {
     throw Error(detail::str("CharTokenizer.load: '", path, "' is not valid JSON: ", e.what()));
   }

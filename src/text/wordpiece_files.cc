@@ -10,6 +10,7 @@
 #include <sstream>
 
 #include "qkv/error.h"
+#include "qkv/file.h"
 #include "qkv/wordpiece.h"
 #include "text/utf8.h"
 #include "text/wordpiece_state.h"
@@ -25,14 +26,7 @@ using json = nlohmann::json;
 // g++ 12 warns -Wrestrict on that spuriously.)
 std::string quoted(const std::string& path) { return qkv::detail::str('\'', path, '\''); }
 
-std::string read_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  QKV_CHECK(in, "WordPiece: cannot open '", path, "'");
-  std::stringstream buffer;
-  buffer << in.rdbuf();
-  QKV_CHECK(!in.bad(), "WordPiece: cannot read '", path, "'");
-  return buffer.str();
-}
+std::string read_file(const std::string& path) { return qkv::read_file(path, "WordPiece"); }
 
 json parse_json(const std::string& text, const std::string& source) {
   try {
