@@ -13,6 +13,7 @@ from __future__ import annotations
 from ._qkv.nn import (  # noqa: F401
     AttentionPoolingClassifier,
     AttentionVariant,
+    DecoderCache,
     Dropout,
     Embedding,
     FeedForward,

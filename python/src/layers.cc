@@ -339,7 +339,33 @@ void bind_layers(nb::module_& m) {
           nb::arg("tgt"), nb::arg("memory"), nb::arg("tgt_mask") = nb::none(),
           nb::arg("memory_mask") = nb::none(), nb::arg("tgt_key_padding_mask") = nb::none(),
           nb::arg("memory_key_padding_mask") = nb::none(), nb::arg("tgt_is_causal") = false,
-          nb::arg("memory_is_causal") = false);
+          nb::arg("memory_is_causal") = false)
+      .def("make_cache", &nn::TransformerDecoder::make_cache, nb::arg("batch"),
+           nb::arg("capacity"),
+           "A DecoderCache for `batch` targets of up to `capacity` positions.")
+      .def(
+          "forward_cached",
+          [](nn::TransformerDecoder& d, const Variable& tgt, std::optional<Variable> memory,
+             nn::DecoderCache& cache, OptTensor memory_kpm) {
+            nb::gil_scoped_release release;
+            autograd::NoGradGuard no_grad;
+            return d.forward_cached(tgt, memory.value_or(Variable()), cache,
+                                    {.key_padding_mask = or_empty(memory_kpm)});
+          },
+          nb::arg("tgt"), nb::arg("memory").none(), nb::arg("cache"),
+          nb::arg("memory_key_padding_mask") = nb::none(),
+          "Incremental decoding in eval mode, without gradient: tgt holds the new positions, "
+          "causal over what the cache holds; memory is read on the first step (None after). "
+          "Equals forward(..., tgt_is_causal=True) on the whole prefix.");
+
+  nb::class_<nn::DecoderCache>(mod, "DecoderCache",
+                               "Per decoder layer, the self-attention's keys and values so far "
+                               "and the cross-attention's of the memory "
+                               "(TransformerDecoder.make_cache).")
+      .def_prop_ro("length", &nn::DecoderCache::length)
+      .def_prop_ro("capacity", &nn::DecoderCache::capacity)
+      .def_prop_ro("batch", &nn::DecoderCache::batch)
+      .def("clear", &nn::DecoderCache::clear);
 
   module_class<nn::Transformer>(mod, "Transformer", "torch.nn.Transformer.")
       .def(

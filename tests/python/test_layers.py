@@ -127,6 +127,41 @@ def test_transformer_matches_torch(batch_first, norm_first, activation):
 
 
 @pytest.mark.parametrize("norm_first", [False, True])
+def test_decoder_step_by_step_matches_torch(norm_first):
+    """TransformerDecoder.forward_cached over a DecoderCache, a few positions at a
+    time, equals torch's decoder on the whole target with the causal mask."""
+    kw = dict(d_model=32, nhead=4, dim_feedforward=48, dropout=0.1, batch_first=True,
+              norm_first=norm_first)
+    torch.manual_seed(0)
+    theirs = _perturb(torch.nn.TransformerDecoder(torch.nn.TransformerDecoderLayer(**kw), 2,
+                                                  norm=torch.nn.LayerNorm(32)), 21).eval()
+    ours = nn.TransformerDecoder(nn.TransformerDecoderLayer(**kw), 2, norm=True)
+    _copy_weights(ours, theirs)
+    ours.eval()
+    g = torch.Generator().manual_seed(2)
+    b, ls, lt = 2, 6, 7
+    memory, tgt = torch.randn(b, ls, 32, generator=g), torch.randn(b, lt, 32, generator=g)
+    pad = torch.zeros(b, ls, dtype=torch.bool)
+    pad[1, -2:] = True
+    with torch.no_grad():
+        want = theirs(tgt, memory, tgt_mask=torch.nn.Transformer.generate_square_subsequent_mask(lt),
+                      memory_key_padding_mask=pad, tgt_is_causal=True)
+    cache = ours.make_cache(batch=b, capacity=lt)
+    got, start = [], 0
+    for n in (3, 1, 1, 2):
+        step = _v(tgt[:, start:start + n])
+        out = ours.forward_cached(step, _v(memory) if start == 0 else None, cache,
+                                  memory_key_padding_mask=qkv.from_dlpack(pad))
+        got.append(_t(out.value))
+        start += n
+        assert cache.length == start
+    _close(torch.cat(got, 1), want.double(), "step-by-step decoder", rel=1e-5)
+    with pytest.raises(qkv.QkvError, match="eval"):
+        ours.train()
+        ours.forward_cached(_v(tgt[:, :1]), _v(memory), ours.make_cache(batch=b, capacity=lt))
+
+
+@pytest.mark.parametrize("norm_first", [False, True])
 def test_transformer_encoder_matches_torch_with_masks(norm_first):
     layer_kw = dict(d_model=48, nhead=3, dim_feedforward=96, dropout=0.0, activation="gelu",
                     batch_first=True, norm_first=norm_first)
