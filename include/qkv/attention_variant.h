@@ -1,8 +1,8 @@
 // The attention variants a layer can run (SPEC §2, §3): relative positions
 // inside the attention, the kernel that mixes the values, and a mask
-// modifier. nn::Attention (autograd, qkv/layers.h) and nn::MultiHeadAttention
-// (explicit backward, qkv/nn.h) take the same variants, with the same
-// parameter names. The default is plain softmax attention.
+// modifier. nn::Attention (qkv/layers.h), the one attention layer every
+// model composes, takes them (and so does its explicit-backward test twin),
+// with the same parameter names. The default is plain softmax attention.
 #pragma once
 
 #include <cstdint>

@@ -2,7 +2,7 @@
 // positions (BERT, GPT-2, ViT), token-type embeddings (BERT's sentence A / B)
 // and the segmented positional encoding, each with an explicit backward.
 //
-// They follow MultiHeadAttention's pattern (qkv/nn.h): parameters by PyTorch's
+// They follow the explicit-backward pattern: parameters by PyTorch's
 // state_dict names, sharing storage with the module; a strict load_state_dict;
 // forward() keeps what backward() needs, and backward() differentiates the
 // latest forward(), returning the parameters' gradients by name.

@@ -13,7 +13,6 @@
 #include "qkv/matmul.h"
 #include "qkv/metrics.h"
 #include "qkv/module.h"
-#include "qkv/nn.h"
 #include "qkv/optim.h"
 #include "qkv/ops.h"
 #include "qkv/positions.h"

@@ -24,7 +24,6 @@ from ._qkv import (  # noqa: F401
     Encoding,
     LearnedPositionEmbedding,
     MaskMod,
-    MultiheadAttention,
     Optimizer,
     QkvError,
     SGD,
@@ -139,6 +138,9 @@ from ._qkv import (  # noqa: F401
     zeros,
 )
 from . import autograd, bert, nn, safetensors, viz  # noqa: F401,E402
+
+# One multi-head attention: torch.nn.MultiheadAttention's interface on qkv.autograd.
+MultiheadAttention = nn.MultiheadAttention
 
 DTYPES = ("f32", "f64", "bf16", "f16", "i32", "i64", "bool")
 

@@ -40,7 +40,6 @@ void bind_ops(nb::module_& m);
 void bind_io(nb::module_& m);
 void bind_attention(nb::module_& m);
 void bind_attention_backward(nb::module_& m);
-void bind_nn(nb::module_& m);
 // qkv.nn.AttentionVariant, into the qkv.nn module (bind_layers calls it).
 void bind_attention_variant(nb::module_& m);
 void bind_scoring(nb::module_& m);

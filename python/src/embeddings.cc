@@ -1,5 +1,5 @@
 // The embedding ops and the position / segment embedding modules
-// (qkv/ops.h, qkv/embeddings.h), bound as qkv.MultiheadAttention is.
+// (qkv/ops.h, qkv/embeddings.h): explicit forward and backward, Tensors in and out.
 #include "qkv/embeddings.h"
 
 #include <nanobind/stl/map.h>

@@ -193,8 +193,9 @@ void bind_layers(nb::module_& m) {
            nb::call_guard<nb::gil_scoped_release>());
 
   module_class<nn::Attention>(mod, "MultiheadAttention",
-                              "torch.nn.MultiheadAttention's parameters and semantics on "
-                              "qkv.autograd.")
+                              "torch.nn.MultiheadAttention's parameters, names, initialisation "
+                              "and results on qkv.autograd (also qkv.MultiheadAttention), with "
+                              "any attention variant (variant=qkv.nn.AttentionVariant(...)).")
       .def(
           "__init__",
           [](nn::Attention* self, int64_t embed_dim, int64_t num_heads, double dropout, bool bias,
@@ -232,14 +233,16 @@ void bind_layers(nb::module_& m) {
               else
                 out.output = a.forward(query, key, value, masks);
             }
-            if (!need_weights) return nb::cast(out.output);
-            return nb::make_tuple(out.output, out.weights);
+            return nb::make_tuple(out.output,
+                                  need_weights ? nb::cast(out.weights) : nb::none());
           },
           nb::arg("query"), nb::arg("key"), nb::arg("value"),
-          nb::arg("key_padding_mask") = nb::none(), nb::arg("need_weights") = false,
+          nb::arg("key_padding_mask") = nb::none(), nb::arg("need_weights") = true,
           nb::arg("attn_mask") = nb::none(), nb::arg("average_attn_weights") = true,
           nb::arg("is_causal") = false,
-          "The output Variable; with need_weights, (output, weights Tensor before dropout).");
+          "(output Variable, weights Tensor before dropout or None), as torch: need_weights "
+          "(the default) computes the weights too; pass need_weights=False for the output "
+          "alone (and for the linear kernels, which form no weights).");
 
   module_class<nn::TransformerEncoderLayer>(mod, "TransformerEncoderLayer",
                                             "torch.nn.TransformerEncoderLayer.")

@@ -26,7 +26,6 @@ NB_MODULE(_qkv, m) {
   qkv::python::bind_sparse_masks(m);
   qkv::python::bind_attention(m);
   qkv::python::bind_attention_backward(m);
-  qkv::python::bind_nn(m);
   qkv::python::bind_scoring(m);
   qkv::python::bind_positions(m);
   qkv::python::bind_train(m);

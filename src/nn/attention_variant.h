@@ -1,5 +1,5 @@
-// What nn::Attention (autograd) and nn::MultiHeadAttention (explicit
-// backward) share of their variants (qkv/attention_variant.h): the checks,
+// What nn::Attention (autograd) and its explicit-backward test twin
+// (tests/cpp/support/explicit_attention) share of their variants (qkv/attention_variant.h): the checks,
 // the learned tensors' names and initialisation, and the options each kernel
 // takes. Internal.
 #pragma once

@@ -11,7 +11,7 @@
 
 #include "qkv/gradcheck.h"
 #include "qkv/layers.h"
-#include "qkv/nn.h"
+#include "support/explicit_attention.h"
 #include "qkv/optim.h"
 #include "qkv/sparse_masks.h"
 #include "qkv/trainer.h"

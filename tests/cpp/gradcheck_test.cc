@@ -17,7 +17,7 @@
 #include "qkv/layers.h"
 #include "qkv/linear_attention.h"
 #include "qkv/modifiers.h"
-#include "qkv/nn.h"
+#include "support/explicit_attention.h"
 #include "qkv/scoring.h"
 #include "qkv/sparse_masks.h"
 #include "support/sanitizers.h"

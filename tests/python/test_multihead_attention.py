@@ -1,9 +1,12 @@
-"""qkv.MultiheadAttention against torch.nn.MultiheadAttention: same weights, same
-outputs, weights and gradients (inputs and every parameter), within f32 tolerance."""
+"""qkv.MultiheadAttention (the one attention layer, qkv.nn.MultiheadAttention)
+against torch.nn.MultiheadAttention: same weights, same outputs, weights and
+gradients (inputs and every parameter, through qkv.autograd), within f32
+tolerance."""
 import pytest
 import torch
 
 import qkv
+from qkv import autograd as ag
 
 CONFIGS = [
     # embed, heads, bias, kdim, vdim, batch_first, self-attention
@@ -21,6 +24,14 @@ def _q(t):
 
 def _t(x):
     return torch.from_dlpack(x)
+
+
+def _v(t, requires_grad=False):
+    return ag.Variable(_q(t), requires_grad)
+
+
+def test_one_multihead_attention():
+    assert qkv.MultiheadAttention is qkv.nn.MultiheadAttention
 
 
 def _pair(config, seed=0):
@@ -62,20 +73,22 @@ def test_forward_and_gradients_match_torch(config, masks):
     out, weights = theirs(query, key, value, need_weights=True, **kwargs)
     grad = torch.randn(out.shape, generator=g)
     out.backward(grad)
-    q_out, q_weights = ours.forward(_q(query), _q(key), _q(value), need_weights=True, **qkw)
-    torch.testing.assert_close(_t(q_out), out.detach(), rtol=1e-5, atol=2e-6)
+    qv = _v(query, True)
+    kv, vv = (qv, qv) if self_attention else (_v(key, True), _v(value, True))
+    q_out, q_weights = ours(qv, kv, vv, need_weights=True, **qkw)
+    torch.testing.assert_close(_t(q_out.value), out.detach(), rtol=1e-5, atol=2e-6)
     torch.testing.assert_close(_t(q_weights), weights.detach(), rtol=1e-5, atol=2e-6)
-    grads = ours.backward(_q(grad))
-    inputs = {"query": query} if self_attention else {"query": query, "key": key, "value": value}
-    total = _t(grads["query"]) + (_t(grads["key"]) + _t(grads["value"]) if self_attention else 0)
-    torch.testing.assert_close(total, query.grad, rtol=1e-4, atol=1e-5)
-    if not self_attention:
-        for name in ("key", "value"):
-            torch.testing.assert_close(_t(grads[name]), inputs[name].grad, rtol=1e-4, atol=1e-5)
+    ag.sum(ag.mul(q_out, _v(grad))).backward()
+    # Self-attention: the query, key and value uses add up in the one leaf.
+    inputs = {"query": (query, qv)} if self_attention else {
+        "query": (query, qv), "key": (key, kv), "value": (value, vv)}
+    for name, (theirs_input, ours_input) in inputs.items():
+        torch.testing.assert_close(_t(ours_input.grad), theirs_input.grad, rtol=1e-4, atol=1e-5)
     params = dict(theirs.named_parameters())
-    assert sorted(grads["parameters"]) == sorted(params)
+    ours_params = dict(ours.named_parameters())
+    assert sorted(ours_params) == sorted(params)
     for name, p in params.items():
-        torch.testing.assert_close(_t(grads["parameters"][name]), p.grad, rtol=1e-4, atol=1e-5,
+        torch.testing.assert_close(_t(ours_params[name].grad), p.grad, rtol=1e-4, atol=1e-5,
                                    msg=lambda m: f"{name}: {m}")
 
 
@@ -87,8 +100,8 @@ def test_per_head_weights_and_initialisation():
     assert params["in_proj_weight"].abs().max() > 0.8 * bound
     assert (params["in_proj_bias"] == 0).all() and (params["out_proj.bias"] == 0).all()
     assert params["out_proj.weight"].abs().max() <= 32**-0.5
-    x = qkv.randn([2, 5, 32])
-    _, w = ours.forward(x, x, x, average_attn_weights=False)
+    x = ag.Variable(qkv.randn([2, 5, 32]))
+    _, w = ours(x, x, x, average_attn_weights=False)
     assert tuple(w.shape) == (2, 4, 5, 5)
     torch.testing.assert_close(_t(w).sum(-1), torch.ones(2, 4, 5))
 
@@ -96,7 +109,7 @@ def test_per_head_weights_and_initialisation():
 def test_errors():
     ours = qkv.MultiheadAttention(32, 4, batch_first=True)
     with pytest.raises(qkv.QkvError, match="query"):
-        ours.forward(qkv.zeros([2, 5, 31]), qkv.zeros([2, 5, 32]), qkv.zeros([2, 5, 32]))
+        ours(*(ag.Variable(qkv.zeros([2, 5, d])) for d in (31, 32, 32)))
     with pytest.raises(qkv.QkvError, match="num_heads"):
         qkv.MultiheadAttention(30, 4)
     with pytest.raises(qkv.QkvError, match="missing keys: out_proj.bias"):

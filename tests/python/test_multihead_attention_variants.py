@@ -1,4 +1,4 @@
-"""qkv.MultiheadAttention configured by variant (SPEC §2-3): masks (sliding window,
+"""qkv.MultiheadAttention (qkv.nn.MultiheadAttention) configured by variant (SPEC §2-3): masks (sliding window,
 Longformer), positions (ALiBi, T5, rotary, Shaw) and kernels (Linformer, linear,
 Performer), against a float64 PyTorch layer written from the definitions with the
 same weights: outputs, input gradients and every parameter's gradient."""
@@ -138,48 +138,57 @@ def _definition(variant, causal, state_dict, seed):
     return params, x, ref, go
 
 
+def _mha(**kwargs):
+    variant = qkv.nn.AttentionVariant(**{k: kwargs.pop(k) for k in list(kwargs)
+                                         if k not in ("batch_first", "seed")})
+    return qkv.MultiheadAttention(E, H, variant=variant, **kwargs)
+
+
 @pytest.mark.parametrize("variant,causal", CASES)
 def test_variant_matches_its_definition(variant, causal):
-    mha = qkv.MultiheadAttention(E, H, batch_first=True, seed=7, **_variant_kwargs(variant))
+    """With the weights (torch's default need_weights) and an additive causal mask
+    beside is_causal where the kernel forms weights."""
+    mha = _mha(batch_first=True, seed=7, **_variant_kwargs(variant))
     params, x, ref, go = _definition(variant, causal, mha.state_dict(), seed=11)
-    xq = f32(x)
+    xv = qkv.autograd.Variable(f32(x), True)
     weights = variant not in ("linformer", "linear", "performer")
-    out, w = mha.forward(xq, xq, xq, need_weights=weights, is_causal=causal,
-                         attn_mask=f32(torch.zeros(L, L).masked_fill(torch.ones(L, L, dtype=torch.bool).triu(1),
-                                                                    float("-inf"))) if causal and weights else None)
+    out, w = mha(xv, xv, xv, need_weights=weights, is_causal=causal,
+                 attn_mask=f32(torch.zeros(L, L).masked_fill(torch.ones(L, L, dtype=torch.bool).triu(1),
+                                                            float("-inf"))) if causal and weights else None)
     assert (w is not None) == weights
-    assert_close_scaled(f64(out), ref.detach(), f"{variant} output", rel=2e-5)
-    grads = mha.backward(f32(go))
-    assert_close_scaled(f64(grads["query"]) + f64(grads["key"]) + f64(grads["value"]), x.grad, f"{variant} d input", rel=1e-4)
-    assert sorted(grads["parameters"]) == sorted(mha.state_dict())
-    for name, t in grads["parameters"].items():
-        assert_close_scaled(f64(t), params[name].grad, f"{variant} d {name}", rel=1e-4)
+    assert_close_scaled(f64(out.value), ref.detach(), f"{variant} output", rel=2e-5)
+    qkv.autograd.sum(qkv.autograd.mul(out, qkv.autograd.Variable(f32(go)))).backward()
+    assert_close_scaled(f64(xv.grad), x.grad, f"{variant} d input", rel=1e-4)
+    grads = dict(mha.named_parameters())
+    assert sorted(grads) == sorted(mha.state_dict())
+    for name, p in grads.items():
+        assert_close_scaled(f64(p.grad), params[name].grad, f"{variant} d {name}", rel=1e-4)
 
 
 def test_performer_features_redraw():
-    mha = qkv.MultiheadAttention(E, H, batch_first=True, kernel="performer", performer_features=32)
-    x = qkv.from_dlpack(torch.randn(1, 9, E))
-    a = f64(mha.forward(x, x, x, need_weights=False)[0])
+    mha = _mha(batch_first=True, kernel="performer", performer_features=32)
+    x = qkv.autograd.Variable(qkv.from_dlpack(torch.randn(1, 9, E)))
+    a = f64(mha(x, x, x, need_weights=False)[0].value)
     mha.redraw_features(5)
-    b = f64(mha.forward(x, x, x, need_weights=False)[0])
+    b = f64(mha(x, x, x, need_weights=False)[0].value)
     mha.redraw_features(0)
-    c = f64(mha.forward(x, x, x, need_weights=False)[0])
+    c = f64(mha(x, x, x, need_weights=False)[0].value)
     assert not torch.equal(a, b) and torch.equal(a, c)
 
 
 def test_variant_errors():
     with pytest.raises(qkv.QkvError, match="positions must be"):
-        qkv.MultiheadAttention(E, H, positions="relative")
+        _mha(positions="relative")
     with pytest.raises(qkv.QkvError, match="kernel must be"):
-        qkv.MultiheadAttention(E, H, kernel="fast")
+        _mha(kernel="fast")
     with pytest.raises(qkv.QkvError, match="needs the softmax kernel"):
-        qkv.MultiheadAttention(E, H, kernel="linear", mask_mod=qkv.sliding_window_mask(2, 2))
+        _mha(kernel="linear", mask_mod=qkv.sliding_window_mask(2, 2))
     with pytest.raises(qkv.QkvError, match="max_length > 0"):
-        qkv.MultiheadAttention(E, H, kernel="linformer")
-    mha = qkv.MultiheadAttention(E, H, batch_first=True, kernel="linear")
-    x = qkv.zeros([1, 5, E])
+        _mha(kernel="linformer")
+    mha = _mha(batch_first=True, kernel="linear")
+    x = qkv.autograd.Variable(qkv.zeros([1, 5, E]))
     with pytest.raises(qkv.QkvError, match="forms no attention weights; pass need_weights = false"):
-        mha.forward(x, x, x)
+        mha(x, x, x)
     with pytest.raises(qkv.QkvError, match="not performer"):
         mha.redraw_features(1)
 
@@ -191,7 +200,7 @@ def test_autograd_layer_matches_its_definition(variant, causal):
                                       variant=qkv.nn.AttentionVariant(**_variant_kwargs(variant)))
     params, x, ref, go = _definition(variant, causal, layer.state_dict(), seed=12)
     xv = qkv.autograd.Variable(f32(x), True)
-    out = layer(xv, xv, xv, is_causal=causal)
+    out, _ = layer(xv, xv, xv, is_causal=causal, need_weights=False)
     qkv.autograd.sum(qkv.autograd.mul(out, qkv.autograd.Variable(f32(go)))).backward()
     assert_close_scaled(f64(out.value), ref.detach(), f"{variant} output", rel=2e-5)
     assert_close_scaled(f64(xv.grad), x.grad, f"{variant} d input", rel=1e-4)
@@ -225,10 +234,10 @@ def test_autograd_layer_performer_features_redraw():
     layer = qkv.nn.MultiheadAttention(E, H, batch_first=True, variant=qkv.nn.AttentionVariant(
         kernel="performer", performer_features=32))
     x = qkv.autograd.Variable(qkv.from_dlpack(torch.randn(1, 9, E)))
-    a = f64(layer(x, x, x).value)
+    a = f64(layer(x, x, x, need_weights=False)[0].value)
     layer.redraw_features(5)
-    b = f64(layer(x, x, x).value)
+    b = f64(layer(x, x, x, need_weights=False)[0].value)
     layer.redraw_features(0)
-    assert not torch.equal(a, b) and torch.equal(a, f64(layer(x, x, x).value))
+    assert not torch.equal(a, b) and torch.equal(a, f64(layer(x, x, x, need_weights=False)[0].value))
     with pytest.raises(qkv.QkvError, match="not performer"):
         qkv.nn.MultiheadAttention(E, H).redraw_features(1)

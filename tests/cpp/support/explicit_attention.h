@@ -1,6 +1,8 @@
-// Multi-head attention with an explicit backward and every attention variant
-// (qkv/attention_variant.h). nn::Attention (qkv/layers.h) is the same layer
-// under autograd, for training.
+// The test twin of nn::Attention (qkv/layers.h): multi-head attention with an
+// explicit backward and every attention variant (qkv/attention_variant.h),
+// written independently of autograd. The library's one attention layer is
+// nn::Attention; the suites check it, gradcheck and the variants against this
+// twin (tests/cpp/support, linked into every test binary).
 #pragma once
 
 #include <cstdint>

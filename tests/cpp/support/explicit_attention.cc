@@ -1,13 +1,14 @@
-// MultiHeadAttention: torch.nn.MultiheadAttention's parameters and results
-// (Vaswani et al. 2017, sec. 3.2.2), with the projections reshaped into head
-// views (no copies) for the fused attention, and an explicit backward.
+// The test twin MultiHeadAttention (support/explicit_attention.h):
+// torch.nn.MultiheadAttention's parameters and results (Vaswani et al. 2017,
+// sec. 3.2.2), with the projections reshaped into head views (no copies) for
+// the fused attention, and an explicit backward.
 #include <cmath>
 
 #include "nn/attention_variant.h"
 #include "nn/state_dict.h"
 #include "qkv/linear_attention.h"
 #include "qkv/matmul.h"
-#include "qkv/nn.h"
+#include "support/explicit_attention.h"
 #include "qkv/ops.h"
 #include "qkv/positions.h"
 
