@@ -90,8 +90,7 @@ void TrainConfig::validate() const {
 }
 
 nn::GPTConfig TrainConfig::model_config(int64_t vocab_size) const {
-  QKV_CHECK(positions == "learned" || positions == "rotary",
-            "--positions must be learned or rotary, got '", positions, "'");
+  const nn::GPTPositions p = from_name(nn::kGPTPositionNames, positions, "--positions");
   return {.vocab_size = vocab_size,
           .context = context,
           .n_layer = layers,
@@ -99,7 +98,7 @@ nn::GPTConfig TrainConfig::model_config(int64_t vocab_size) const {
           .d_model = d_model,
           .dropout = dropout,
           .tied_embeddings = !untied,
-          .positions = positions == "rotary" ? nn::GPTPositions::rotary : nn::GPTPositions::learned};
+          .positions = p};
 }
 
 EvalResult evaluate(nn::GPT& model, const std::vector<int32_t>& ids, int64_t batch,

@@ -8,6 +8,7 @@
 #include <cstdint>
 
 #include "qkv/modifiers.h"
+#include "qkv/names.h"
 #include "qkv/positions.h"
 
 namespace qkv::nn {
@@ -30,6 +31,21 @@ enum class AttentionKernel {
   linear,     // elu + 1 feature map (causal by prefix sums)
   performer,  // FAVOR+ positive orthogonal random features (not learned; redraw_features)
 };
+
+// The names configs, messages and Python use (qkv/names.h).
+inline constexpr EnumNames<AttentionPositions, 5> kAttentionPositionNames{{
+    {AttentionPositions::none, "none"},
+    {AttentionPositions::alibi, "alibi"},
+    {AttentionPositions::t5, "t5"},
+    {AttentionPositions::rotary, "rotary"},
+    {AttentionPositions::shaw, "shaw"},
+}};
+inline constexpr EnumNames<AttentionKernel, 4> kAttentionKernelNames{{
+    {AttentionKernel::softmax, "softmax"},
+    {AttentionKernel::linformer, "linformer"},
+    {AttentionKernel::linear, "linear"},
+    {AttentionKernel::performer, "performer"},
+}};
 
 struct AttentionVariant {
   // Efficient attention by mask (qkv/sparse_masks.h, qkv/modifiers.h): hidden

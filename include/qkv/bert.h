@@ -34,6 +34,7 @@
 #include "qkv/autograd.h"
 #include "qkv/layers.h"
 #include "qkv/module.h"
+#include "qkv/names.h"
 #include "qkv/tensor.h"
 #include "qkv/wordpiece.h"
 
@@ -153,7 +154,16 @@ enum class SentencePooling {
   max,            // element-wise maximum
   mean_sqrt_len,  // sum / sqrt(count) ("mean_sqrt_len_tokens")
 };
-const char* sentence_pooling_name(SentencePooling p);
+// sentence-transformers' PoolingMode names.
+inline constexpr EnumNames<SentencePooling, 4> kSentencePoolingNames{{
+    {SentencePooling::mean, "mean"},
+    {SentencePooling::cls, "cls"},
+    {SentencePooling::max, "max"},
+    {SentencePooling::mean_sqrt_len, "mean_sqrt_len_tokens"},
+}};
+inline const char* sentence_pooling_name(SentencePooling p) {
+  return name_of(kSentencePoolingNames, p).data();
+}
 
 // hidden [B, L, H], attention_mask [B, L] (nonzero = token; undefined: all)
 // -> f32 [B, H]. A row without tokens pools to 0 (mean) as sentence-transformers'

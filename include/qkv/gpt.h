@@ -32,6 +32,7 @@
 #include "qkv/autograd.h"
 #include "qkv/layers.h"
 #include "qkv/module.h"
+#include "qkv/names.h"
 #include "qkv/tensor.h"
 
 namespace qkv::nn {
@@ -40,6 +41,8 @@ enum class GPTPositions {
   learned,  // an added position table (GPT-2)
   rotary,   // rotate-half RoPE on q and k in every layer (GPT-NeoX), no table
 };
+inline constexpr EnumNames<GPTPositions, 2> kGPTPositionNames{
+    {{GPTPositions::learned, "learned"}, {GPTPositions::rotary, "rotary"}}};
 
 struct GPTConfig {
   int64_t vocab_size = 0;

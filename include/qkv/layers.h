@@ -25,6 +25,7 @@
 #include "qkv/attention_variant.h"
 #include "qkv/autograd.h"
 #include "qkv/module.h"
+#include "qkv/names.h"
 #include "qkv/tensor.h"
 
 namespace qkv::nn {
@@ -142,7 +143,9 @@ class Dropout : public Module {
 };
 
 enum class Activation { relu, gelu, swiglu };  // gelu: the exact (erf) form, as torch's "gelu"
-const char* activation_name(Activation a);
+inline constexpr EnumNames<Activation, 3> kActivationNames{{
+    {Activation::relu, "relu"}, {Activation::gelu, "gelu"}, {Activation::swiglu, "swiglu"}}};
+inline const char* activation_name(Activation a) { return name_of(kActivationNames, a).data(); }
 
 // The position-wise feed-forward block. relu / gelu as torch's encoder layer:
 // linear2(dropout(act(linear1(x)))) ("linear1.*", "linear2.*"). swiglu as

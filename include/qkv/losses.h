@@ -12,6 +12,7 @@
 
 #include <cstdint>
 
+#include "qkv/names.h"
 #include "qkv/tensor.h"
 
 namespace qkv {
@@ -67,6 +68,10 @@ Tensor kl_div_distillation_backward(const Tensor& grad_output, const Tensor& stu
                                     const Tensor& teacher_logits, double temperature,
                                     Reduction reduction = Reduction::batchmean);
 
-const char* reduction_name(Reduction reduction);  // "none", "mean", "sum", "batchmean"
+inline constexpr EnumNames<Reduction, 4> kReductionNames{{{Reduction::none, "none"},
+                                                          {Reduction::mean, "mean"},
+                                                          {Reduction::sum, "sum"},
+                                                          {Reduction::batchmean, "batchmean"}}};
+inline const char* reduction_name(Reduction r) { return name_of(kReductionNames, r).data(); }
 
 }  // namespace qkv

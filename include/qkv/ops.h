@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <limits>
 
+#include "qkv/names.h"
 #include "qkv/tensor.h"
 
 namespace qkv {
@@ -28,6 +29,8 @@ Tensor exp(const Tensor& x);
 Tensor relu(const Tensor& x);  // max(x, 0); NaN stays NaN
 Tensor silu(const Tensor& x);
 enum class GeluApproximation { none, tanh };  // erf form, or the tanh form of Hendrycks & Gimpel
+inline constexpr EnumNames<GeluApproximation, 2> kGeluApproximationNames{
+    {{GeluApproximation::none, "none"}, {GeluApproximation::tanh, "tanh"}}};
 Tensor gelu(const Tensor& x, GeluApproximation approximation = GeluApproximation::none);
 
 // Stable (max-subtracted) softmax and log-softmax along `dim`.

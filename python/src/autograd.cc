@@ -23,19 +23,11 @@ namespace {
 using autograd::Variable;
 
 GeluApproximation gelu_mode(const std::string& approximate) {
-  if (approximate == "none") return GeluApproximation::none;
-  if (approximate == "tanh") return GeluApproximation::tanh;
-  throw Error(
-      detail::str("autograd.gelu: approximate must be 'none' or 'tanh', got '", approximate, "'"));
+  return from_name(kGeluApproximationNames, approximate, "autograd.gelu: approximate");
 }
 
 Reduction reduction_of(const std::string& r, const char* op) {
-  if (r == "mean") return Reduction::mean;
-  if (r == "sum") return Reduction::sum;
-  if (r == "none") return Reduction::none;
-  if (r == "batchmean") return Reduction::batchmean;
-  throw Error(
-      detail::str(op, ": reduction must be 'mean', 'sum', 'none' or 'batchmean', got '", r, "'"));
+  return from_name(kReductionNames, r, std::string(op) + ": reduction");
 }
 
 }  // namespace

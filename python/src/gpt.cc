@@ -23,13 +23,11 @@ using nn::GPTConfig;
 using nn::GPTPositions;
 
 GPTPositions parse_positions(const std::string& s) {
-  if (s == "learned") return GPTPositions::learned;
-  if (s == "rotary") return GPTPositions::rotary;
-  throw Error(detail::str("GPTConfig: positions must be 'learned' or 'rotary', got '", s, "'"));
+  return from_name(nn::kGPTPositionNames, s, "GPTConfig: positions");
 }
 
-const char* positions_name(GPTPositions p) {
-  return p == GPTPositions::rotary ? "rotary" : "learned";
+std::string positions_name(GPTPositions p) {
+  return std::string(name_of(nn::kGPTPositionNames, p));
 }
 
 GenerationOptions sampling(double temperature, int64_t top_k, double top_p, uint64_t seed) {

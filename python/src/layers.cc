@@ -22,11 +22,11 @@ using autograd::Variable;
 using OptTensor = std::optional<Tensor>;
 
 nn::Activation activation_of(const std::string& s, bool swiglu_allowed) {
-  if (s == "relu") return nn::Activation::relu;
-  if (s == "gelu") return nn::Activation::gelu;
-  if (s == "swiglu" && swiglu_allowed) return nn::Activation::swiglu;
-  throw Error(detail::str("qkv.nn: activation must be 'relu', 'gelu'",
-                          swiglu_allowed ? " or 'swiglu'" : "", ", got '", s, "'"));
+  const nn::Activation a = from_name(nn::kActivationNames, s, "qkv.nn: activation");
+  QKV_CHECK(a != nn::Activation::swiglu || swiglu_allowed,
+            "qkv.nn: activation must be 'relu' or 'gelu' here (swiglu is FeedForward's), got '", s,
+            "'");
+  return a;
 }
 
 Tensor or_empty(const OptTensor& t) {

@@ -16,26 +16,11 @@ namespace qkv::python {
 namespace {
 
 nn::AttentionPositions parse_positions(const std::string& s) {
-  if (s == "none") return nn::AttentionPositions::none;
-  if (s == "alibi") return nn::AttentionPositions::alibi;
-  if (s == "t5") return nn::AttentionPositions::t5;
-  if (s == "rotary") return nn::AttentionPositions::rotary;
-  if (s == "shaw") return nn::AttentionPositions::shaw;
-  throw Error(
-      detail::str("MultiheadAttention: positions must be 'none', 'alibi', 't5', 'rotary' "
-                  "or 'shaw', got '",
-                  s, "'"));
+  return from_name(nn::kAttentionPositionNames, s, "MultiheadAttention: positions");
 }
 
 nn::AttentionKernel parse_kernel(const std::string& s) {
-  if (s == "softmax") return nn::AttentionKernel::softmax;
-  if (s == "linformer") return nn::AttentionKernel::linformer;
-  if (s == "linear") return nn::AttentionKernel::linear;
-  if (s == "performer") return nn::AttentionKernel::performer;
-  throw Error(
-      detail::str("MultiheadAttention: kernel must be 'softmax', 'linformer', 'linear' or "
-                  "'performer', got '",
-                  s, "'"));
+  return from_name(nn::kAttentionKernelNames, s, "MultiheadAttention: kernel");
 }
 
 // The variant of qkv.nn.AttentionVariant's keywords (qkv/attention_variant.h).

@@ -22,9 +22,7 @@ namespace {
 using Release = nb::call_guard<nb::gil_scoped_release>;
 
 GeluApproximation parse_gelu(const std::string& approximate) {
-  if (approximate == "none") return GeluApproximation::none;
-  if (approximate == "tanh") return GeluApproximation::tanh;
-  throw Error(detail::str("gelu: approximate must be 'none' or 'tanh', got '", approximate, "'"));
+  return from_name(kGeluApproximationNames, approximate, "gelu: approximate");
 }
 
 // A reduction over every element; keepdim keeps each dim with size 1 (as torch does).

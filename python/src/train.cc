@@ -36,12 +36,7 @@ using TensorDict = std::map<std::string, Tensor>;
 using Params = std::variant<TensorDict, std::vector<std::pair<std::string, autograd::Variable>>>;
 
 Reduction parse_reduction(const std::string& name) {
-  if (name == "none") return Reduction::none;
-  if (name == "mean") return Reduction::mean;
-  if (name == "sum") return Reduction::sum;
-  if (name == "batchmean") return Reduction::batchmean;
-  throw Error(
-      detail::str("reduction must be 'none', 'mean', 'sum' or 'batchmean', got '", name, "'"));
+  return from_name(kReductionNames, name, "reduction");
 }
 
 Tensor upstream_tensor(const Upstream& g) {

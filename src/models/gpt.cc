@@ -20,10 +20,6 @@ using autograd::Variable;
 
 namespace {
 
-const char* positions_name(GPTPositions p) {
-  return p == GPTPositions::rotary ? "rotary" : "learned";
-}
-
 // A module that only names its children: torch's ModuleDict / ModuleList, so
 // the blocks are "transformer.h.0.*" as in nanoGPT.
 class Container : public Module {
@@ -116,7 +112,7 @@ std::string GPTConfig::to_json() const {
   j["dropout"] = dropout;
   j["bias"] = bias;
   j["tied_embeddings"] = tied_embeddings;
-  j["positions"] = positions_name(positions);
+  j["positions"] = name_of(kGPTPositionNames, positions);
   j["rotary_base"] = rotary_base;
   return j.dump(2);
 }
@@ -163,9 +159,9 @@ GPTConfig GPTConfig::from_json(const std::string& text) {
   c.bias = boolean("bias");
   c.tied_embeddings = boolean("tied_embeddings");
   const nlohmann::json& p = field("positions");
-  QKV_CHECK(p.is_string() && (p == "learned" || p == "rotary"), op,
-            ": field 'positions' must be \"learned\" or \"rotary\", got ", p.dump());
-  c.positions = p == "rotary" ? GPTPositions::rotary : GPTPositions::learned;
+  QKV_CHECK(p.is_string(), op, ": field 'positions' must be a string, got ", p.dump());
+  c.positions = from_name(kGPTPositionNames, p.get<std::string>(),
+                          std::string(op) + ": field 'positions'");
   c.rotary_base = number("rotary_base");
   c.validate();
   return c;

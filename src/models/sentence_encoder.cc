@@ -21,11 +21,7 @@ constexpr const char* kLoad = "SentenceEncoder.load";
 // A pooling mode's name in 1_Pooling/config.json (sentence-transformers'
 // PoolingMode), or nullopt for the ones qkv does not compute.
 std::optional<SentencePooling> pooling_named(const std::string& name) {
-  if (name == "mean") return SentencePooling::mean;
-  if (name == "cls") return SentencePooling::cls;
-  if (name == "max") return SentencePooling::max;
-  if (name == "mean_sqrt_len_tokens") return SentencePooling::mean_sqrt_len;
-  return std::nullopt;
+  return value_named(kSentencePoolingNames, name);
 }
 
 // 1_Pooling/config.json, either form sentence-transformers writes: "pooling_mode"
@@ -85,16 +81,6 @@ std::vector<float> mask_weights(const Tensor& mask, int64_t b, int64_t l) {
 }
 
 }  // namespace
-
-const char* sentence_pooling_name(SentencePooling p) {
-  switch (p) {
-    case SentencePooling::mean: return "mean";
-    case SentencePooling::cls: return "cls";
-    case SentencePooling::max: return "max";
-    case SentencePooling::mean_sqrt_len: return "mean_sqrt_len_tokens";
-  }
-  return "?";
-}
 
 Tensor pool_tokens(const Tensor& hidden, const Tensor& attention_mask, SentencePooling pooling) {
   QKV_CHECK(hidden.defined() && hidden.dim() == 3, "pool_tokens: hidden must be [B, L, H], got ",

@@ -7,26 +7,16 @@
 
 namespace qkv::nn::detail {
 
-const char* kernel_name(AttentionKernel kernel) {
-  switch (kernel) {
-    case AttentionKernel::softmax: return "softmax";
-    case AttentionKernel::linformer: return "linformer";
-    case AttentionKernel::linear: return "linear";
-    case AttentionKernel::performer: return "performer";
-  }
-  return "?";
-}
-
 VariantTensors make_variant(const AttentionVariant& variant, int64_t embed_dim, int64_t num_heads,
                             int64_t vdim, Generator& generator, const char* op) {
   const int64_t e = embed_dim, h = num_heads, dh = e / h;
   const bool softmax = variant.kernel == AttentionKernel::softmax;
   QKV_CHECK(softmax || !variant.mask_mod, op, ": a mask_mod needs the softmax kernel, not ",
-            kernel_name(variant.kernel));
+            name_of(kAttentionKernelNames, variant.kernel));
   const AttentionPositions p = variant.positions;
   QKV_CHECK(softmax || p == AttentionPositions::none || p == AttentionPositions::rotary, op,
             ": ALiBi, T5 and Shaw positions need the softmax kernel, not ",
-            kernel_name(variant.kernel));
+            name_of(kAttentionKernelNames, variant.kernel));
   VariantTensors out;
   // T5 initialises its bucket table N(0, d_model^-1/2) (transformers'
   // T5PreTrainedModel); Shaw's tables and Linformer's projections likewise
@@ -67,7 +57,7 @@ VariantTensors make_variant(const AttentionVariant& variant, int64_t embed_dim, 
 Tensor redraw_performer_features(const AttentionVariant& variant, int64_t head_dim, uint64_t seed,
                                  const char* op) {
   QKV_CHECK(variant.kernel == AttentionKernel::performer, op, ": the kernel is ",
-            kernel_name(variant.kernel), ", not performer");
+            name_of(kAttentionKernelNames, variant.kernel), ", not performer");
   return performer_projection(variant.performer_features, head_dim, seed);
 }
 
@@ -90,7 +80,7 @@ ScoreModPtr fixed_score_mod(const AttentionVariant& variant, int64_t num_heads) 
 LinearAttentionOptions linear_kernel_options(const AttentionVariant& variant,
                                              const AttentionOptions& options, bool need_weights,
                                              const char* op) {
-  const char* name = kernel_name(variant.kernel);
+  const std::string_view name = name_of(kAttentionKernelNames, variant.kernel);
   QKV_CHECK(!need_weights, op, ": the ", name,
             " kernel forms no attention weights; pass need_weights = false");
   QKV_CHECK(!options.mask.defined() && !options.key_padding_mask.defined(), op, ": the ", name,

@@ -14,8 +14,6 @@
 
 namespace qkv::nn::detail {
 
-const char* kernel_name(AttentionKernel kernel);
-
 // The learned tensors of a variant, in the order they are drawn, by their
 // state_dict names ("relative_attention_bias.weight", "relative_key",
 // "relative_value", "linformer_e", "linformer_f"), and Performer's fixed

@@ -128,15 +128,6 @@ Variable Dropout::forward(const Variable& x) {
 
 // ---- FeedForward -------------------------------------------------------------
 
-const char* activation_name(Activation a) {
-  switch (a) {
-    case Activation::relu: return "relu";
-    case Activation::gelu: return "gelu";
-    case Activation::swiglu: return "swiglu";
-  }
-  return "?";
-}
-
 FeedForward::FeedForward(const FeedForwardConfig& config, Generator& generator) : config_(config) {
   const LinearConfig up{config.d_model, config.d_ff, config.bias},
       down{config.d_ff, config.d_model, config.bias};

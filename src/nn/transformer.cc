@@ -377,7 +377,7 @@ void Attention::check_cacheable(const char* op, const AttentionCall& call) const
                 (variant.positions == AttentionPositions::none ||
                  variant.positions == AttentionPositions::rotary),
             op, ": a KV cache serves the softmax kernel with no or rotary positions and no "
-                "mask_mod; this layer's kernel is ", detail::kernel_name(variant.kernel));
+                "mask_mod; this layer's kernel is ", name_of(kAttentionKernelNames, variant.kernel));
   QKV_CHECK(call.weights == nullptr, op, ": a call with a KV cache returns no weights");
 }
 

@@ -227,16 +227,6 @@ ClassRows<T> class_rows(const Tensor& logits, const Tensor& targets,
 
 }  // namespace
 
-const char* reduction_name(Reduction reduction) {
-  switch (reduction) {
-    case Reduction::none: return "none";
-    case Reduction::mean: return "mean";
-    case Reduction::sum: return "sum";
-    case Reduction::batchmean: return "batchmean";
-  }
-  return "unknown";
-}
-
 namespace {
 
 template <class T>
