@@ -293,8 +293,9 @@ struct AttentionCall {
 };
 
 // Multi-head attention as a Module with torch.nn.MultiheadAttention's
-// parameters (or a family's: config.names): "in_proj_weight" [3E, E] (or "q_proj_weight", "k_proj_weight",
-// "v_proj_weight" when kdim / vdim differ from E), "in_proj_bias",
+// parameters (or a family's: config.names): "in_proj_weight" [3E, E] (or
+// "q_proj_weight", "k_proj_weight", "v_proj_weight" when kdim / vdim differ
+// from E), "in_proj_bias",
 // "out_proj.weight", "out_proj.bias"; Xavier-uniform projections, zero biases.
 // Any attention variant (qkv/attention_variant.h, the base: config.positions,
 // config.kernel, ...) adds its learned tensors under nn::MultiHeadAttention's

@@ -259,6 +259,27 @@ void BertConfig::validate() const {
   positive("intermediate_size", intermediate_size);
   positive("max_position_embeddings", max_position_embeddings);
   positive("type_vocab_size", type_vocab_size);
+  // A hostile or mistyped config.json is refused before anything is allocated:
+  // no size past 2^24, no model past 2^34 parameters (64 GiB in f32).
+  constexpr int64_t kSizeLimit = int64_t{1} << 24;
+  const std::pair<const char*, int64_t> sizes[] = {
+      {"vocab_size", vocab_size},
+      {"hidden_size", hidden_size},
+      {"num_hidden_layers", num_hidden_layers},
+      {"num_attention_heads", num_attention_heads},
+      {"intermediate_size", intermediate_size},
+      {"max_position_embeddings", max_position_embeddings},
+      {"type_vocab_size", type_vocab_size}};
+  for (const auto& [name, value] : sizes)
+    QKV_CHECK(value <= kSizeLimit, "BertConfig: ", name, " ", value, " is more than ",
+              kSizeLimit);
+  const double h = static_cast<double>(hidden_size), ff = static_cast<double>(intermediate_size);
+  const double parameters =
+      h * static_cast<double>(vocab_size + max_position_embeddings + type_vocab_size) +
+      static_cast<double>(num_hidden_layers) * (4 * h * h + 2 * h * ff) + h * h;
+  QKV_CHECK(parameters <= std::ldexp(1.0, 34), "BertConfig: about ", parameters,
+            " parameters (", parameters * 4 / std::ldexp(1.0, 30),
+            " GiB in f32) are more than qkv allocates for one model (2^34)");
   QKV_CHECK(hidden_size % num_attention_heads == 0, "BertConfig: hidden_size ", hidden_size,
             " is not a multiple of num_attention_heads ", num_attention_heads);
   QKV_CHECK(activation_of(hidden_act).has_value(), "BertConfig: hidden_act \"", hidden_act,

@@ -91,6 +91,14 @@ void GPTConfig::validate() const {
   QKV_CHECK(context <= kLimit && n_layer <= kLimit && d_model <= kLimit, op,
             ": context ", context, ", n_layer ", n_layer, " and d_model ", d_model,
             " must each be at most ", kLimit);
+  // Refused before anything is allocated: no model past 2^34 parameters (64 GiB in f32).
+  const double d = static_cast<double>(d_model);
+  const double tables = static_cast<double>(vocab_size) * (tied_embeddings ? 1 : 2) +
+                        static_cast<double>(context);
+  const double parameters = d * tables + static_cast<double>(n_layer) * 12 * d * d;
+  QKV_CHECK(parameters <= std::ldexp(1.0, 34), op, ": about ", parameters, " parameters (",
+            parameters * 4 / std::ldexp(1.0, 30),
+            " GiB in f32) are more than qkv allocates for one model (2^34)");
   QKV_CHECK(d_model % n_head == 0, op, ": d_model ", d_model, " must be a multiple of n_head ",
             n_head);
   QKV_CHECK(dropout >= 0.0 && dropout < 1.0, op, ": dropout must be in [0, 1), got ", dropout);

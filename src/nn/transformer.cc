@@ -177,8 +177,9 @@ Attention::Attention(const AttentionConfig& config, Generator& generator) : conf
     const std::string* bias_names[] = {&names.query_bias, &names.key_bias, &names.value_bias};
     const int64_t in[] = {e, config_.kdim, config_.vdim};
     for (int i = 0; i < 3; ++i) {
-      QKV_CHECK(!weight_names[i]->empty() && (packed_bias || !config.bias || !bias_names[i]->empty()),
-                op, ": these parameter names have no separate projections (kdim ", config_.kdim,
+      const bool has_bias_name = packed_bias || !config.bias || !bias_names[i]->empty();
+      QKV_CHECK(!weight_names[i]->empty() && has_bias_name, op,
+                ": these parameter names have no separate projections (kdim ", config_.kdim,
                 ", vdim ", config_.vdim, ", embed_dim ", e, ")");
       separate_weight_[i] = register_parameter(*weight_names[i], weight({e, in[i]}));
       if (config.bias && !packed_bias)
@@ -377,7 +378,8 @@ void Attention::check_cacheable(const char* op, const AttentionCall& call) const
                 (variant.positions == AttentionPositions::none ||
                  variant.positions == AttentionPositions::rotary),
             op, ": a KV cache serves the softmax kernel with no or rotary positions and no "
-                "mask_mod; this layer's kernel is ", name_of(kAttentionKernelNames, variant.kernel));
+                "mask_mod; this layer's kernel is ",
+            name_of(kAttentionKernelNames, variant.kernel));
   QKV_CHECK(call.weights == nullptr, op, ": a call with a KV cache returns no weights");
 }
 

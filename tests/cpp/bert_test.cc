@@ -343,6 +343,17 @@ TEST(Bert, ConfigErrors) {
   expect_error([] { BertConfig::from_json(R"({"hidden_act": "mish"})"); }, {"\"mish\""});
   expect_error([] { BertConfig::from_json(R"({"vocab_size": 2.5})"); }, {"vocab_size", "integer"});
   expect_error([] { BertConfig::from_json(R"({"is_decoder": true})"); }, {"is_decoder"});
+  // Absurd sizes are refused before any allocation.
+  expect_error([] { BertConfig::from_json(R"({"vocab_size": 1099511627776})"); },
+               {"vocab_size 1099511627776", "is more than"});
+  expect_error([] { BertConfig::from_json(R"({"hidden_size": 2147483648})"); },
+               {"hidden_size 2147483648"});
+  expect_error(
+      [] {
+        BertConfig::from_json(R"({"hidden_size": 16384, "num_attention_heads": 16,
+                                  "num_hidden_layers": 1024, "intermediate_size": 65536})");
+      },
+      {"parameters", "GiB"});
   const BertConfig c = BertConfig::from_json(R"({"pad_token_id": null, "hidden_act": "relu"})");
   EXPECT_FALSE(c.pad_token_id.has_value());
   EXPECT_EQ(c.hidden_size, 768);  // transformers' default

@@ -158,6 +158,9 @@ TEST(GPT, ConfigJsonRoundTripAndErrors) {
             std::string::npos);
   EXPECT_NE(message("{\"vocab_size\": 5}").find("'context' is missing"), std::string::npos);
   EXPECT_NE(message(replace("\"bias\": true", "\"bias\": 1")).find("'bias'"), std::string::npos);
+  // Absurd sizes are refused before any allocation.
+  EXPECT_NE(message(replace("\"d_model\": 8", "\"d_model\": 16777216")).find("parameters"),
+            std::string::npos);
   GPTConfig odd = tiny(GPTPositions::rotary);
   odd.d_model = 6, odd.n_head = 2;  // head size 3
   EXPECT_THROW(odd.validate(), Error);
