@@ -298,8 +298,8 @@ struct AttentionCall {
 // from E), "in_proj_bias",
 // "out_proj.weight", "out_proj.bias"; Xavier-uniform projections, zero biases.
 // Any attention variant (qkv/attention_variant.h, the base: config.positions,
-// config.kernel, ...) adds its learned tensors under nn::MultiHeadAttention's
-// names ("relative_attention_bias.weight", "relative_key", "relative_value",
+// config.kernel, ...) adds its learned tensors under the variants' names
+// ("relative_attention_bias.weight", "relative_key", "relative_value",
 // "linformer_e", "linformer_f"), drawn after torch's parameters.
 struct AttentionConfig : AttentionVariant {
   int64_t embed_dim = 0;
