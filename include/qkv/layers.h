@@ -362,6 +362,10 @@ class Attention : public Module {
   void set_dropout(AttentionOptions& o, const std::optional<uint64_t>& seed);
   // Whether self-attention runs as one packed op (no learned positions, softmax).
   bool packed_op() const;
+  // The rotation of the heads' q and k (offset 0), or nullopt without rotary positions.
+  std::optional<RotaryOptions> head_rotary() const;
+  // The softmax kernel's modifiers of the variant: its mask_mod and fixed score_mod (ALiBi).
+  void add_modifiers(AttentionOptions& o) const;
   // The bias of projection i (0: q, 1: k, 2: v): a slice of the packed one,
   // the separate one, or undefined.
   autograd::Variable input_bias(int which) const;

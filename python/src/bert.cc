@@ -24,11 +24,7 @@ Tensor or_empty(const OptTensor& t) {
 }
 
 SentencePooling pooling_of(const std::string& s) {
-  for (SentencePooling p : {SentencePooling::mean, SentencePooling::cls, SentencePooling::max,
-                            SentencePooling::mean_sqrt_len})
-    if (s == sentence_pooling_name(p)) return p;
-  throw Error("qkv.bert: pooling must be 'mean', 'cls', 'max' or 'mean_sqrt_len_tokens', got '" +
-              s + "'");
+  return from_name(kSentencePoolingNames, s, "qkv.bert: pooling");
 }
 
 }  // namespace

@@ -208,6 +208,16 @@ void Attention::redraw_features(uint64_t seed) {
                                         "MultiheadAttention.redraw_features");
 }
 
+std::optional<RotaryOptions> Attention::head_rotary() const {
+  if (config_.positions != AttentionPositions::rotary) return std::nullopt;
+  return detail::rotary_for_heads(config_.rotary);
+}
+
+void Attention::add_modifiers(AttentionOptions& o) const {
+  o.mask_mod = config_.mask_mod;
+  o.score_mod = detail::fixed_score_mod(config_, config_.num_heads);
+}
+
 bool Attention::packed_op() const {
   const AttentionPositions p = config_.positions;
   return config_.kernel == AttentionKernel::softmax &&
@@ -264,15 +274,13 @@ Variable Attention::attend(const Variable& q_in, const Variable& k_in, const Var
   const AttentionVariant& variant = config_;
   const int64_t h = config_.num_heads;
   Variable q = q_in, k = k_in;
-  if (variant.positions == AttentionPositions::rotary) {
-    const RotaryOptions r = detail::rotary_for_heads(variant.rotary);
-    q = autograd::rotary_embedding(q, r);
-    k = autograd::rotary_embedding(k, r);
+  if (const auto r = head_rotary()) {
+    q = autograd::rotary_embedding(q, *r);
+    k = autograd::rotary_embedding(k, *r);
   }
   auto learned = [&](const char* name) { return variant_.at(name); };
   if (variant.kernel == AttentionKernel::softmax) {
-    o.mask_mod = variant.mask_mod;
-    o.score_mod = detail::fixed_score_mod(variant, h);
+    add_modifiers(o);
     const bool t5 = variant.positions == AttentionPositions::t5;
     const bool shaw = variant.positions == AttentionPositions::shaw;
     const T5BiasOptions t5_options = detail::t5_for_heads(variant.t5);
@@ -408,7 +416,6 @@ Variable Attention::forward(const Variable& x, const AttentionCall& call) {
             " and ", config_.vdim);
   const Variable in = bf ? x : autograd::transpose(x, 0, 1);  // [B, L, E]
   const int64_t b = in.size(0), l = in.size(1);
-  const AttentionVariant& variant = config_;
 
   // The input projection: one [B, L, 3E] product when the weight is packed.
   Variable packed, q, k, v;  // q, k, v: [B, L, H, Dh] views the fused kernel reads in place
@@ -442,10 +449,9 @@ Variable Attention::forward(const Variable& x, const AttentionCall& call) {
     check_cacheable(op, call);
     split();
     Tensor qt = q.value(), kt = k.value();
-    if (variant.positions == AttentionPositions::rotary) {
-      RotaryOptions r = detail::rotary_for_heads(variant.rotary);
-      r.offset = call.cache->length();
-      qt = rotary_embedding(qt, r), kt = rotary_embedding(kt, r);
+    if (auto r = head_rotary()) {
+      r->offset = call.cache->length();
+      qt = rotary_embedding(qt, *r), kt = rotary_embedding(kt, *r);
     }
     const auto [keys, values] = call.cache->append(kt, v.value(), op);
     heads = Variable(attend_cached(qt, keys, values, call.masks));
@@ -458,12 +464,8 @@ Variable Attention::forward(const Variable& x, const AttentionCall& call) {
     }
     set_dropout(o, call.dropout_seed);
     if (packed.defined() && packed_op()) {
-      o.mask_mod = variant.mask_mod;
-      o.score_mod = detail::fixed_score_mod(variant, h);
-      std::optional<RotaryOptions> rotary;
-      if (variant.positions == AttentionPositions::rotary)
-        rotary = detail::rotary_for_heads(variant.rotary);
-      heads = autograd::packed_self_attention(packed, h, rotary, o);
+      add_modifiers(o);
+      heads = autograd::packed_self_attention(packed, h, head_rotary(), o);
     } else {
       split();
       heads = attend(q, k, v, o, nullptr);
